@@ -1,0 +1,36 @@
+"""Domain errors raised by services; REST and WebSocket front doors turn them into `{code, detail}`."""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    code = "error"
+    status = 400
+
+    def __init__(self, detail: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code:
+            self.code = code
+        if status:
+            self.status = status
+
+
+class NotFound(ChatError):
+    code = "not_found"
+    status = 404
+
+
+class AgentNotFound(ChatError):
+    code = "agent_not_found"
+    status = 400
+
+
+class Busy(ChatError):
+    code = "busy"
+    status = 409
+
+
+class InvalidInput(ChatError):
+    code = "validation_error"
+    status = 400

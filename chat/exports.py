@@ -1,0 +1,211 @@
+"""Conversation exports (JSON and Markdown) for operators: whole sessions, messages in seq order.
+
+Messages use the contract's `Message` shape (reactions aggregated, statuses and errors kept);
+the JSON export adds each session's tool calls, approvals and plans.
+A fixed number of queries whatever the number of sessions, messages, tool calls, approvals or plans.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Prefetch, QuerySet
+
+from chat.models import Approval, Message, Plan, Reaction, ToolCall
+from chat.serializers import MessageSerializer, summarize_reactions
+from sessions_app.models import ChatSession
+
+
+def _load(sessions: Iterable[ChatSession]) -> list[tuple[ChatSession, list[Message]]]:
+    """The sessions (in the given order) with their messages, agents and reactions: three queries."""
+    if isinstance(sessions, QuerySet):
+        loaded = list(sessions.select_related("owner", "agent"))
+    else:
+        given = [session.pk for session in sessions]
+        by_id = ChatSession.objects.select_related("owner", "agent").in_bulk(given)
+        loaded = [by_id[pk] for pk in dict.fromkeys(given) if pk in by_id]
+    if not loaded:
+        return []
+    messages: dict[Any, list[Message]] = defaultdict(list)
+    rows = (
+        Message.objects.filter(session_id__in=[session.pk for session in loaded])
+        .select_related("agent")
+        .prefetch_related(Prefetch("reactions", queryset=Reaction.objects.order_by("created_at", "pk")))
+        .order_by("session_id", "seq")
+    )
+    for message in rows:
+        messages[message.session_id].append(message)
+    return [(session, messages[session.pk]) for session in loaded]
+
+
+def _id(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _username(user: Any) -> str | None:
+    return user.get_username() if user is not None else None
+
+
+def _tool_call_dict(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": str(call.pk),
+        "reply": _id(call.reply_id),
+        "message": _id(call.message_id),
+        "ordinal": call.ordinal,
+        "provider_call_id": call.provider_call_id,
+        "agent": call.agent.slug if call.agent else None,
+        "name": call.name,
+        "arguments": call.arguments,
+        "runs_on": call.runs_on,
+        "needs_approval": call.needs_approval,
+        "status": call.status,
+        "output": call.output,
+        "is_error": call.is_error,
+        "created_at": call.created_at,
+        "completed_at": call.completed_at,
+    }
+
+
+def _approval_dict(approval: Approval) -> dict[str, Any]:
+    return {
+        "id": str(approval.pk),
+        "tool_call": str(approval.tool_call_id),
+        "message": _id(approval.message_id),
+        "tool": approval.tool_call.name,
+        "arguments": approval.tool_call.arguments,
+        "status": approval.status,
+        "comment": approval.comment,
+        "decided_by": _username(approval.decided_by),
+        "created_at": approval.created_at,
+        "decided_at": approval.decided_at,
+    }
+
+
+def _plan_dict(plan: Plan) -> dict[str, Any]:
+    return {
+        "id": str(plan.pk),
+        "reply": _id(plan.reply_id),
+        "message": _id(plan.message_id),
+        "steps": plan.steps,
+        "status": plan.status,
+        "current_step": plan.current_step,
+        "comment": plan.comment,
+        "decided_by": _username(plan.decided_by),
+        "created_at": plan.created_at,
+        "decided_at": plan.decided_at,
+    }
+
+
+def _load_agentic(session_ids: list[Any]) -> dict[Any, dict[str, list[dict[str, Any]]]]:
+    """Each session's tool calls, approvals and plans, oldest first: three queries."""
+    found: dict[Any, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"tool_calls": [], "approvals": [], "plans": []})
+    if not session_ids:
+        return found
+    calls = ToolCall.objects.filter(session_id__in=session_ids).select_related("agent").order_by("created_at", "ordinal", "pk")
+    for call in calls:
+        found[call.session_id]["tool_calls"].append(_tool_call_dict(call))
+    approvals = (
+        Approval.objects.filter(session_id__in=session_ids).select_related("tool_call", "decided_by").order_by("created_at", "pk")
+    )
+    for approval in approvals:
+        found[approval.session_id]["approvals"].append(_approval_dict(approval))
+    for plan in Plan.objects.filter(session_id__in=session_ids).select_related("decided_by").order_by("created_at", "pk"):
+        found[plan.session_id]["plans"].append(_plan_dict(plan))
+    return found
+
+
+def _message_dict(message: Message, owner_id: int) -> dict[str, Any]:
+    return dict(MessageSerializer(message, context={"viewer_id": owner_id}).data)
+
+
+def _session_dict(session: ChatSession, messages: list[Message], agentic: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return {
+        "id": str(session.pk),
+        "title": session.title,
+        "owner": session.owner.get_username(),
+        "mode": session.mode,
+        "agent": session.agent.slug if session.agent else None,
+        "created_at": session.created_at,
+        "updated_at": session.updated_at,
+        "message_count": len(messages),
+        "messages": [_message_dict(message, session.owner_id) for message in messages],
+        "tool_calls": agentic["tool_calls"],
+        "approvals": agentic["approvals"],
+        "plans": agentic["plans"],
+    }
+
+
+def session_export_data(sessions: Iterable[ChatSession]) -> list[dict[str, Any]]:
+    loaded = _load(sessions)
+    agentic = _load_agentic([session.pk for session, _ in loaded])
+    return [_session_dict(session, messages, agentic[session.pk]) for session, messages in loaded]
+
+
+def session_export_json(sessions: Iterable[ChatSession]) -> str:
+    """A JSON array with one object per session: `messages` in seq order, then `tool_calls`, `approvals` and `plans`, oldest first."""
+    return json.dumps(session_export_data(sessions), cls=DjangoJSONEncoder, ensure_ascii=False, indent=2)
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "-"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _quote(text: str) -> str:
+    # A blockquote keeps the message's own Markdown rendering without letting its headings break the document.
+    return "\n".join(f"> {line}" if line else ">" for line in text.split("\n"))
+
+
+def _reactions_line(message: Message) -> str:
+    summary = summarize_reactions(message.reactions.all(), None)
+    return ", ".join(f"{entry['emoji']} {entry['count']}" for entry in summary)
+
+
+def _message_markdown(message: Message) -> list[str]:
+    heading = f"### {message.seq}. {message.role} · {message.type} · {message.status}"
+    if message.agent is not None:
+        heading += f" · {message.agent.slug}"
+    lines = [heading, "", f"*{_when(message.created_at)}*", ""]
+    lines.append(_quote(message.content) if message.content else "> *(empty)*")
+    lines.append("")
+    if message.error:
+        lines += [f"**Error:** {_one_line(message.error)}", ""]
+    reactions = _reactions_line(message)
+    if reactions:
+        lines += [f"**Reactions:** {reactions}", ""]
+    return lines
+
+
+def _session_markdown(session: ChatSession, messages: list[Message]) -> list[str]:
+    title = _one_line(session.title) or "Untitled session"
+    lines = [
+        f"## {title}",
+        "",
+        f"- Session: `{session.pk}`",
+        f"- Owner: {session.owner.get_username()}",
+        f"- Mode: {session.mode}",
+        f"- Agent: {session.agent.slug if session.agent else '-'}",
+        f"- Created: {_when(session.created_at)}",
+        f"- Last activity: {_when(session.updated_at)}",
+        f"- Messages: {len(messages)}",
+        "",
+    ]
+    for message in messages:
+        lines += _message_markdown(message)
+    return lines
+
+
+def session_export_markdown(sessions: Iterable[ChatSession]) -> str:
+    """A Markdown document with one `##` section per session and one `###` entry per message."""
+    lines = ["# Chat export", ""]
+    for session, messages in _load(sessions):
+        lines += _session_markdown(session, messages)
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,0 +1,100 @@
+"""`Idempotency-Key` for REST writes: a retry replays the first answer and creates nothing.
+
+The key is claimed by inserting a row in its own transaction: the unique (user, key) constraint
+decides which of two concurrent requests runs; the other sees the row `in_progress` (409) or,
+once done, replays its answer. A different body under the same key is 422.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from chat.exceptions import ChatError
+from chat.models import IdempotencyRecord
+
+MAX_KEY_LENGTH = 255
+# A claim older than this whose request never finished (the process died) may be taken over.
+STALE_CLAIM_SECONDS = 120
+
+
+class KeyReused(ChatError):
+    code = "idempotency_key_reused"
+    status = 422
+
+
+class KeyInUse(ChatError):
+    code = "idempotency_key_in_use"
+    status = 409
+
+
+@dataclass
+class Claim:
+    record: IdempotencyRecord | None
+    replay: tuple[int, Any] | None = None
+
+
+def request_hash(method: str, path: str, body: Any) -> str:
+    canonical = json.dumps({"m": method, "p": path, "b": body}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def validate_key(key: str) -> str:
+    key = key.strip()
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise ChatError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.", code="validation_error")
+    return key
+
+
+def idempotency_claim(*, user: AbstractBaseUser, key: str, digest: str) -> Claim:
+    """Claim the key for this request, or say what to answer instead (replay, 409, 422)."""
+    key = validate_key(key)
+    now = timezone.now()
+    ttl = timedelta(seconds=settings.CHAT["IDEMPOTENCY_TTL_SECONDS"])
+    for _ in range(2):
+        try:
+            with transaction.atomic():
+                record = IdempotencyRecord.objects.create(user=user, key=key, request_hash=digest)
+            return Claim(record=record)
+        except IntegrityError:
+            existing = IdempotencyRecord.objects.filter(user=user, key=key).first()
+            if existing is None:
+                continue  # deleted meanwhile: claim again
+            expired = existing.created_at < now - ttl
+            stale = existing.state == IdempotencyRecord.State.IN_PROGRESS and existing.created_at < now - timedelta(
+                seconds=STALE_CLAIM_SECONDS
+            )
+            if expired or stale:
+                IdempotencyRecord.objects.filter(pk=existing.pk, created_at=existing.created_at).delete()
+                continue
+            if existing.request_hash != digest:
+                raise KeyReused("This Idempotency-Key was used with a different request body.") from None
+            if existing.state == IdempotencyRecord.State.IN_PROGRESS:
+                raise KeyInUse("A request with this Idempotency-Key is still being processed; retry shortly.") from None
+            return Claim(record=None, replay=(existing.response_status or 200, existing.response_body))
+    raise KeyInUse("A request with this Idempotency-Key is still being processed; retry shortly.")
+
+
+def idempotency_complete(*, record: IdempotencyRecord, status: int, body: Any) -> None:
+    IdempotencyRecord.objects.filter(pk=record.pk).update(
+        state=IdempotencyRecord.State.DONE, response_status=status, response_body=body
+    )
+
+
+def idempotency_release(*, record: IdempotencyRecord) -> None:
+    """The request failed on our side: forget the claim so a retry can run."""
+    IdempotencyRecord.objects.filter(pk=record.pk).delete()
+
+
+def idempotency_purge() -> int:
+    cutoff = timezone.now() - timedelta(seconds=settings.CHAT["IDEMPOTENCY_TTL_SECONDS"])
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

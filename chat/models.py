@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Agent(models.Model):
+    class Provider(models.TextChoices):
+        DEMO = "demo", "Demo (offline)"
+        OPENAI = "openai", "OpenAI-compatible"
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True, default="")
+    system_prompt = models.TextField(blank=True, default="")
+    provider = models.CharField(max_length=16, choices=Provider.choices, default=Provider.DEMO)
+    model = models.CharField(max_length=200, blank=True, default="", help_text="Model name; empty uses OPENAI_MODEL.")
+    base_url = models.CharField(max_length=500, blank=True, default="", help_text="Empty uses OPENAI_BASE_URL.")
+    api_key_env = models.CharField(
+        max_length=100, blank=True, default="", help_text="Name of the environment variable holding the key; empty uses OPENAI_API_KEY."
+    )
+    tools = models.JSONField(default=list, blank=True, help_text="Names of the tools this agent may call.")
+    is_orchestrator = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+        TOOL = "tool"
+        SYSTEM = "system"
+
+    class Type(models.TextChoices):
+        TEXT = "text"
+        TOOL_CALL = "tool_call"
+        TOOL_RESULT = "tool_result"
+        APPROVAL = "approval"
+        PLAN = "plan"
+        EVENT = "event"
+
+    class Status(models.TextChoices):
+        COMPLETE = "complete"
+        STREAMING = "streaming"
+        CANCELLED = "cancelled"
+        FAILED = "failed"
+        INTERRUPTED = "interrupted"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey("sessions_app.ChatSession", on_delete=models.CASCADE, related_name="messages")
+    seq = models.PositiveBigIntegerField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    type = models.CharField(max_length=16, choices=Type.choices, default=Type.TEXT)
+    content = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    client_id = models.CharField(max_length=64, null=True, blank=True)
+    reply_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies")
+    metadata = models.JSONField(default=dict, blank=True)
+    error = models.TextField(null=True, blank=True)
+    # The server process generating a streaming reply (see chat.workers); empty otherwise.
+    worker_id = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["session", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "seq"], name="message_session_seq_unique"),
+            models.UniqueConstraint(
+                fields=["session", "client_id"], condition=Q(client_id__isnull=False), name="message_session_client_id_unique"
+            ),
+        ]
+        indexes = [
+            # Finding running replies (busy check, interrupted sweep) stays cheap however long the history.
+            models.Index(fields=["status"], condition=Q(status="streaming"), name="message_streaming"),
+            models.Index(fields=["reply_to"], name="message_reply_to"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}#{self.seq} {self.role}"
+
+
+class Reaction(models.Model):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reactions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    emoji = models.CharField(max_length=32)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "user", "emoji"], name="reaction_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.emoji} on {self.message_id}"
+
+
+class IdempotencyRecord(models.Model):
+    """The first answer to a request sent with an `Idempotency-Key`, replayed on retries."""
+
+    class State(models.TextChoices):
+        IN_PROGRESS = "in_progress"
+        DONE = "done"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_PROGRESS)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_user_key_unique")]
+
+
+class Worker(models.Model):
+    """A live server process: its heartbeat tells other processes whether its replies still run."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    channel = models.CharField(max_length=200, blank=True, default="")
+    started_at = models.DateTimeField(auto_now_add=True)
+    heartbeat_at = models.DateTimeField(db_index=True)
+
+
+class ToolCall(models.Model):
+    """One call of a tool by an agent, from request to result. Survives restarts; decided at most once."""
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested"  # made by the model, not yet looked at
+        AWAITING_APPROVAL = "awaiting_approval"  # a human must approve it first
+        APPROVED = "approved"  # approved, about to run
+        AWAITING_CLIENT = "awaiting_client"  # runs in the client; waiting for its tool_result
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"  # invalid arguments, unknown tool, or the tool raised
+        REJECTED = "rejected"  # a human said no; it never ran
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey("sessions_app.ChatSession", on_delete=models.CASCADE, related_name="tool_calls")
+    # The assistant reply whose model asked for the call; the turn goes on after all its calls end.
+    reply = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="tool_calls")
+    # The `tool_call` message shown in the history.
+    message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    ordinal = models.PositiveSmallIntegerField(default=0)
+    provider_call_id = models.CharField(max_length=200, blank=True, default="")
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    name = models.CharField(max_length=100)
+    arguments = models.JSONField(default=dict, blank=True)
+    runs_on = models.CharField(max_length=16, default="server")
+    needs_approval = models.BooleanField(default=False)
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.REQUESTED)
+    output = models.JSONField(null=True, blank=True)
+    is_error = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "ordinal"]
+        indexes = [models.Index(fields=["reply", "ordinal"], name="toolcall_reply_ordinal"), models.Index(fields=["session", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+
+class Approval(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey("sessions_app.ChatSession", on_delete=models.CASCADE, related_name="approvals")
+    tool_call = models.OneToOneField(ToolCall, on_delete=models.CASCADE, related_name="approval")
+    message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    comment = models.TextField(blank=True, default="")
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["session", "status"])]
+
+
+class Plan(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey("sessions_app.ChatSession", on_delete=models.CASCADE, related_name="plans")
+    # The reply in which the orchestrator proposed the plan, and the `plan` message shown in the history.
+    reply = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="plans")
+    message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    steps = models.JSONField(default=list)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    current_step = models.PositiveSmallIntegerField(default=0)
+    comment = models.TextField(blank=True, default="")
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["session", "status"])]

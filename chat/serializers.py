@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from chat.models import Agent, Message, Reaction
+
+
+class StrictCharField(serializers.CharField):
+    """Only a JSON string: DRF's CharField would quietly turn 42 into "42"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictUUIDField(serializers.UUIDField):
+    """Only a UUID string: DRF's UUIDField would turn the number 17 into a UUID."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class ReactionSerializer(serializers.Serializer):
+    emoji = serializers.CharField()
+    count = serializers.IntegerField()
+    me = serializers.BooleanField()
+
+
+def summarize_reactions(reactions: Iterable[Reaction], viewer_id: int | None) -> list[dict[str, Any]]:
+    """Aggregate reaction rows into `[{"emoji","count","me"}]`, in order of first use."""
+    summary: dict[str, dict[str, Any]] = {}
+    for reaction in sorted(reactions, key=lambda r: (r.created_at, r.pk)):
+        entry = summary.setdefault(reaction.emoji, {"emoji": reaction.emoji, "count": 0, "me": False})
+        entry["count"] += 1
+        if reaction.user_id == viewer_id:
+            entry["me"] = True
+    return list(summary.values())
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    tools = serializers.ListField(child=serializers.CharField())
+
+    class Meta:
+        model = Agent
+        fields = ["slug", "name", "description", "tools"]
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    """The contract's `Message`. Reactions come from a prefetch (no query per message)."""
+
+    session = serializers.UUIDField(source="session_id")
+    agent = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    reply_to = serializers.UUIDField(source="reply_to_id", allow_null=True)
+    reactions = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Message
+        fields = [
+            "id", "session", "seq", "role", "type", "content", "status", "agent", "client_id",
+            "reply_to", "metadata", "error", "reactions", "created_at", "completed_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(ReactionSerializer(many=True))
+    def get_reactions(self, message: Message) -> list[dict[str, Any]]:
+        cache = getattr(message, "_prefetched_objects_cache", {})
+        if "reactions" not in cache:
+            return []  # a message just created has none; pages prefetch them
+        return summarize_reactions(cache["reactions"], self.context.get("viewer_id"))
+
+
+def message_data(message: Message, viewer_id: int | None = None, *, with_reactions: bool = False) -> dict[str, Any]:
+    """The Message shape. `with_reactions` reads them (one query) for a message that may have some."""
+    if with_reactions:
+        from django.db.models import prefetch_related_objects
+
+        prefetch_related_objects([message], "reactions")
+        if viewer_id is None:
+            viewer_id = message.session.owner_id
+    return dict(MessageSerializer(message, context={"viewer_id": viewer_id}).data)
+
+
+class MessageCreateSerializer(serializers.Serializer):
+    session = StrictUUIDField()
+    type = serializers.ChoiceField(choices=["text"], default="text")
+    content = StrictCharField(trim_whitespace=False, allow_blank=True)
+    reply = serializers.BooleanField(default=True)
+
+    def validate_content(self, value: str) -> str:
+        from chat.exceptions import InvalidInput
+        from chat.services import validate_content
+
+        try:
+            return validate_content(value)
+        except InvalidInput as exc:
+            raise serializers.ValidationError(exc.detail) from None
+
+
+class ReactionCreateSerializer(serializers.Serializer):
+    emoji = StrictCharField(max_length=32, trim_whitespace=False)
+
+    def validate_emoji(self, value: str) -> str:
+        from chat.exceptions import InvalidInput
+        from chat.services import validate_emoji
+
+        try:
+            return validate_emoji(value)
+        except InvalidInput as exc:
+            raise serializers.ValidationError(exc.detail) from None
+
+
+class ReactionsResponseSerializer(serializers.Serializer):
+    message_id = serializers.UUIDField()
+    reactions = ReactionSerializer(many=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    detail = serializers.CharField()

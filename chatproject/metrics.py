@@ -1,0 +1,56 @@
+"""Prometheus metrics (`/metrics`), on prometheus_client, the reference client library."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+HTTP_REQUESTS = Counter("chat_http_requests_total", "HTTP requests", ["method", "status"])
+HTTP_LATENCY = Histogram("chat_http_request_seconds", "HTTP request latency", ["method"])
+TURNS_STARTED = Counter("chat_turns_started_total", "Assistant replies started")
+REPLIES_FINISHED = Counter("chat_replies_finished_total", "Assistant replies finished", ["status"])
+DELTA_FRAMES = Counter("chat_delta_frames_total", "message.delta frames broadcast")
+ACTIVE_REPLIES = Gauge("chat_active_replies", "Replies streaming in this process")
+OPEN_SOCKETS = Gauge("chat_open_sockets", "WebSockets open in this process")
+
+
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+class RequestMetricsMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def]
+        if iscoroutinefunction(self.get_response):
+            return self._acall(request)
+        start = time.perf_counter()
+        response = self.get_response(request)
+        self._record(request, response, start)
+        return response
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        start = time.perf_counter()
+        response = await self.get_response(request)
+        self._record(request, response, start)
+        return response
+
+    @staticmethod
+    def _record(request: HttpRequest, response: HttpResponse, start: float) -> None:
+        # Label values come from a fixed set: clients must not be able to create series.
+        method = request.method if request.method in _METHODS else "other"
+        HTTP_REQUESTS.labels(method, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(method).observe(time.perf_counter() - start)
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,246 @@
+"""Settings, read from the environment (see the configuration table in README.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+DEBUG = env_bool("DEBUG", False)
+# SECRET_KEY from the environment; otherwise a random key kept in .secret_key
+# (never a key that ships in the source, which would make sessions forgeable).
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    _key_file = BASE_DIR / ".secret_key"
+    if not _key_file.exists():
+        import secrets
+
+        _key_file.write_text(secrets.token_urlsafe(50))
+        _key_file.chmod(0o600)
+    SECRET_KEY = _key_file.read_text().strip()
+
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "chat",
+    "sessions_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chatproject.metrics.RequestMetricsMiddleware",
+]
+
+ROOT_URLCONF = "chatproject.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "chatproject.asgi.application"
+
+# Database: DATABASE_URL, default a SQLite file in the project folder.
+DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+_db = dj_database_url.parse(DATABASE_URL, conn_max_age=0)
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers run while the reply task writes; IMMEDIATE takes the write
+    # lock at BEGIN so two writers queue instead of failing on a lock upgrade.
+    _db["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # A file (not :memory:) so threads and server processes started by tests share it; one per run.
+    _db["TEST"] = {"NAME": str(BASE_DIR / f".test-db-{os.getpid()}.sqlite3")}
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    # Async deployments: CONN_MAX_AGE=0 and psycopg's pool instead of persistent connections.
+    _db["OPTIONS"] = {
+        "pool": {
+            "min_size": env_int("DB_POOL_MIN", 2),
+            "max_size": env_int("DB_POOL_MAX", 20),
+            "timeout": 10,
+        }
+    }
+    # One test database per test run, so concurrent runs do not collide.
+    _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{os.getpid()}"}
+DATABASES = {"default": _db}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Redis: channel layer and cache when REDIS_URL is set; in-memory otherwise.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # Longer than channels_redis's 5 s blocking pop: redis-py 8's default read timeout
+                # (5 s) would end idle receives with an error and close their sockets.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                "capacity": 2000,
+                "expiry": 60,
+                "prefix": os.environ.get("CHANNEL_PREFIX", "asgi"),
+            },
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": os.environ.get("CACHE_PREFIX", "chat"),
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 2000, "expiry": 60}}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# The ASGI app serves /static/ itself unless a proxy does (SERVE_STATIC=0).
+SERVE_STATIC = env_bool("SERVE_STATIC", True)
+
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+if not DEBUG:
+    SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+    CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
+    + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "chatproject.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["chatproject.throttling.WriteRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "writes": os.environ.get("THROTTLE_WRITES", "120/min"),
+        "login": os.environ.get("THROTTLE_LOGIN", "10/min"),
+    },
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Chat backend API",
+    "DESCRIPTION": "Sessions, messages, reactions, agents and tools. Streaming happens over WebSocket at /ws/sessions/{id}/.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# Product limits and behaviour.
+CHAT = {
+    "MAX_MESSAGE_CHARS": env_int("MAX_MESSAGE_CHARS", 32000),
+    "MAX_TITLE_CHARS": 200,
+    "IDEMPOTENCY_TTL_SECONDS": env_int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600),
+    "SESSION_TTL_DAYS": env_int("SESSION_TTL_DAYS", 30),
+    # Demo provider pace: seconds between deltas of an ordinary reply.
+    "DEMO_DELTA_DELAY": env_float("DEMO_DELTA_DELAY", 0.03),
+    "DEMO_SLOW_DELAY": env_float("DEMO_SLOW_DELAY", 0.1),
+    # Streaming: the text so far is written at most this often (seconds).
+    "CHECKPOINT_INTERVAL": env_float("CHECKPOINT_INTERVAL", 1.0),
+    # A server process whose heartbeat is older than this is taken for dead.
+    "WORKER_TIMEOUT": env_float("WORKER_TIMEOUT", 30.0),
+    "WORKER_HEARTBEAT": env_float("WORKER_HEARTBEAT", 5.0),
+    # Socket frames a client may send per second before it gets rate_limited.
+    "WS_FRAMES_PER_SECOND": env_int("WS_FRAMES_PER_SECOND", 20),
+    "WS_MAX_FRAME_BYTES": env_int("WS_MAX_FRAME_BYTES", 256 * 1024),
+    "HISTORY_MESSAGES": env_int("HISTORY_MESSAGES", 50),
+    # A reply longer than this ends `failed` with its text kept (a model stuck in a loop).
+    "MAX_REPLY_CHARS": env_int("MAX_REPLY_CHARS", 200_000),
+    # OpenAI-compatible provider defaults (an agent may override base URL, key variable and model).
+    "OPENAI_BASE_URL": os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+    "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", ""),
+    "OPENAI_MODEL": os.environ.get("OPENAI_MODEL", "gpt-4o-mini"),
+    "OPENAI_TIMEOUT": env_float("OPENAI_TIMEOUT", 60.0),
+    "OPENAI_FIRST_TOKEN_TIMEOUT": env_float("OPENAI_FIRST_TOKEN_TIMEOUT", 30.0),
+    "OPENAI_MAX_RETRIES": env_int("OPENAI_MAX_RETRIES", 2),
+    # Hosts the approval-gated webhook_post tool may reach.
+    "WEBHOOK_ALLOWED_HOSTS": [h.strip() for h in os.environ.get("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}
+
+TEST_RUNNER = "chatproject.test_runner.PytestRunner"

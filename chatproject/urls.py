@@ -1,0 +1,50 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.authtoken.views import ObtainAuthToken
+
+from chat import api as chat_api
+from chatproject import metrics, views
+from chatproject.throttling import LoginRateThrottle
+from sessions_app import api as sessions_api
+
+
+class TokenView(ObtainAuthToken):
+    """`{"username","password"}` → `{"token"}`; attempts are throttled (THROTTLE_LOGIN)."""
+
+    throttle_classes = (LoginRateThrottle,)
+
+
+api_v1 = [
+    path("auth/token/", TokenView.as_view(), name="api-token"),
+    path("agents/", chat_api.AgentList.as_view(), name="agents"),
+    path("tools/", chat_api.ToolList.as_view(), name="tools"),
+    path("sessions/", sessions_api.SessionListCreate.as_view(), name="sessions"),
+    path("sessions/<str:session_id>/", sessions_api.SessionDetail.as_view(), name="session-detail"),
+    path("sessions/<str:session_id>/messages/", sessions_api.SessionMessages.as_view(), name="session-messages"),
+    path("messages/", chat_api.MessageCreate.as_view(), name="messages"),
+    path("messages/<str:message_id>/reactions/", chat_api.MessageReactions.as_view(), name="message-reactions"),
+    path(
+        "messages/<str:message_id>/reactions/<str:emoji>/",
+        chat_api.MessageReactionDelete.as_view(),
+        name="message-reaction-delete",
+    ),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    path("admin/", admin.site.urls),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
+    path("", include("chat.urls")),
+]
+
+handler400 = "chatproject.errors.handler400"
+handler403 = "chatproject.errors.handler403"
+handler404 = "chatproject.errors.handler404"
+handler500 = "chatproject.errors.handler500"

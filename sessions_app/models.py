@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class ChatSession(models.Model):
+    class Mode(models.TextChoices):
+        ORCHESTRATED = "orchestrated"
+        DIRECT = "direct"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_sessions")
+    title = models.CharField(max_length=200, blank=True, default="")
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.ORCHESTRATED)
+    agent = models.ForeignKey("chat.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # The last seq handed out; bumped under the session row lock (see chat.services).
+    seq = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Last activity: set when the session is edited or gets a message.
+    updated_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "-updated_at", "-id"], name="session_owner_activity")]
+
+    def __str__(self) -> str:
+        return self.title or f"Session {self.pk}"

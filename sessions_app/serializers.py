@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from chat.serializers import StrictCharField
+from sessions_app.models import ChatSession
+
+
+class SessionSerializer(serializers.ModelSerializer):
+    """The contract's `Session`; `message_count` comes from an annotation or is computed."""
+
+    agent = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    message_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ChatSession
+        fields = ["id", "title", "mode", "agent", "created_at", "updated_at", "message_count"]
+        read_only_fields = fields
+
+    def get_message_count(self, session: ChatSession) -> int:
+        count = getattr(session, "message_count", None)
+        return int(count) if count is not None else session.messages.count()
+
+
+class SessionWriteSerializer(serializers.Serializer):
+    title = StrictCharField(max_length=settings.CHAT["MAX_TITLE_CHARS"], allow_blank=True, required=False)
+    mode = serializers.ChoiceField(choices=ChatSession.Mode.choices, required=False)
+    agent = StrictCharField(max_length=64, allow_null=True, required=False)
+
+
+def session_data(session: ChatSession) -> dict[str, Any]:
+    return dict(SessionSerializer(session).data)

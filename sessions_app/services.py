@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from chat import events
+from chat.exceptions import AgentNotFound, InvalidInput
+from chat.models import Agent, Message
+from sessions_app.models import ChatSession
+from sessions_app.serializers import session_data
+
+_UNSET = object()
+
+
+def _resolve_agent(slug: str | None) -> Agent | None:
+    if slug in (None, ""):
+        return None
+    agent = Agent.objects.filter(slug=slug, is_active=True).first()
+    if agent is None:
+        raise AgentNotFound(f"No active agent '{slug}'.")
+    return agent
+
+
+def session_create(
+    *, owner: AbstractBaseUser, title: str = "", mode: str = ChatSession.Mode.ORCHESTRATED, agent: str | None = None
+) -> ChatSession:
+    """Create a session. Direct mode needs an existing active agent (`agent_not_found` otherwise)."""
+    resolved = _resolve_agent(agent)
+    if mode == ChatSession.Mode.DIRECT and resolved is None:
+        raise AgentNotFound("Direct mode needs an agent: give the slug of an active agent.")
+    session = ChatSession.objects.create(owner=owner, title=title.strip(), mode=mode, agent=resolved)
+    session.message_count = 0
+    return session
+
+
+def session_update(*, session: ChatSession, title: object = _UNSET, mode: object = _UNSET, agent: object = _UNSET) -> ChatSession:
+    """Edit title, mode or agent; broadcasts `session.updated` (and `agent.switched` when the agent changes)."""
+    fields: list[str] = []
+    agent_changed = False
+    if title is not _UNSET:
+        session.title = str(title).strip()
+        fields.append("title")
+    if agent is not _UNSET:
+        resolved = _resolve_agent(agent)  # type: ignore[arg-type]
+        agent_changed = resolved != session.agent
+        session.agent = resolved
+        fields.append("agent")
+    if mode is not _UNSET:
+        session.mode = str(mode)
+        fields.append("mode")
+    if (mode is not _UNSET or agent is not _UNSET) and session.mode == ChatSession.Mode.DIRECT and session.agent is None:
+        raise AgentNotFound("Direct mode needs an agent: give the slug of an active agent.")
+    if not fields:
+        raise InvalidInput("Nothing to change: give title, mode or agent.")
+    session.updated_at = timezone.now()
+    fields.append("updated_at")
+    with transaction.atomic():
+        session.save(update_fields=fields)
+        data = session_data(session)
+        events.broadcast_on_commit(session.pk, events.session_updated(data))
+        if agent_changed:
+            events.broadcast_on_commit(session.pk, events.agent_switched(data))
+    return session
+
+
+def session_delete(*, session: ChatSession) -> None:
+    """Delete the session with its messages and reactions; a reply still streaming is stopped."""
+    from chat import streaming
+
+    session_id = session.pk
+    # Read before the delete: afterwards nothing says which process generates them.
+    running = list(Message.objects.filter(session=session, status=Message.Status.STREAMING).values_list("pk", "worker_id"))
+    with transaction.atomic():
+        session.delete()
+        events.broadcast_on_commit(session_id, events.session_deleted(session_id))
+    for message_id, worker_id in running:
+        streaming.request_cancel_sync(message_id, worker_id)

@@ -1,0 +1,80 @@
+"""Operations: health, metrics, the local user the run command creates."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+
+from chatproject import views
+
+
+def test_healthz_is_ok_when_database_and_layer_answer(client, db):  # type: ignore[no-untyped-def]
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "channel_layer": "ok"}
+
+
+def test_healthz_is_503_when_the_channel_layer_fails(client, db, monkeypatch):  # type: ignore[no-untyped-def]
+    class BrokenLayer:
+        async def new_channel(self, prefix: str = "") -> str:
+            raise ConnectionError("layer down")
+
+        async def receive(self, channel: str) -> dict:
+            raise ConnectionError("layer down")
+
+    monkeypatch.setattr(views, "get_channel_layer", lambda: BrokenLayer())
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["channel_layer"].startswith("error")
+
+
+def test_metrics_expose_request_and_turn_counters(client, db):  # type: ignore[no-untyped-def]
+    client.get("/healthz")
+    body = client.get("/metrics").content.decode()
+    assert "chat_http_requests_total" in body
+    assert "chat_turns_started_total" in body
+    assert "chat_open_sockets" in body
+
+
+def test_local_user_is_created_once_with_a_printed_password(db, capsys):  # type: ignore[no-untyped-def]
+    User.objects.all().delete()
+    call_command("ensure_local_user")
+    out = capsys.readouterr().out
+    assert "Created the local user 'admin'" in out
+    password = out.split("password: ")[1].split()[0]
+    user = User.objects.get(username="admin")
+    assert user.is_superuser and user.check_password(password)
+    call_command("ensure_local_user")
+    assert capsys.readouterr().out == ""
+    assert User.objects.count() == 1
+
+
+@pytest.mark.parametrize("path", ["/", "/api/v1/sessions/"])
+def test_anonymous_visitors_get_no_data(client, db, path):  # type: ignore[no-untyped-def]
+    response = client.get(path)
+    assert response.status_code in (302, 401)
+    if response.status_code == 302:
+        assert response["Location"].startswith("/accounts/login/")
+
+
+def test_password_attempts_at_the_token_endpoint_are_throttled(client, db, settings, make_user):  # type: ignore[no-untyped-def]
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"writes": "1000/min", "login": "3/min"}}
+    make_user("carol", password="right-Password-1")
+    codes = [
+        client.post("/api/v1/auth/token/", {"username": "carol", "password": f"wrong-{i}"}, content_type="application/json").status_code
+        for i in range(4)
+    ]
+    assert codes == [400, 400, 400, 429]
+    assert client.post("/api/v1/auth/token/", {"username": "carol", "password": "right-Password-1"},
+                       content_type="application/json").status_code == 429
+
+
+def test_metrics_labels_do_not_grow_with_made_up_methods(client, db):  # type: ignore[no-untyped-def]
+    for method in ("X0ZZ", "X1ZZ", "X2ZZ"):
+        client.generic(method, "/healthz")
+    body = client.get("/metrics").content.decode()
+    assert "X0ZZ" not in body and 'method="other"' in body
