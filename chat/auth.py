@@ -1,0 +1,67 @@
+"""WebSocket authentication.
+
+Non-browser clients send `Authorization: Token <key>` (no Origin needed). Browsers use the
+session cookie, accepted only with an `Origin` that matches ALLOWED_HOSTS (or
+CSRF_TRUSTED_ORIGINS): a cookie riding on a cross-site socket is ignored, so the socket is
+unauthenticated and closed with 4401.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from channels.auth import AuthMiddleware
+from channels.db import database_sync_to_async
+from channels.sessions import CookieMiddleware, SessionMiddleware
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from django.http.request import validate_host
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def origin_allowed(origin: str | None, host: str | None, scheme: str) -> bool:
+    """The Origin must be this very site (scheme, host and port, as Django's CSRF check wants) on an
+    allowed host, or be listed in CSRF_TRUSTED_ORIGINS."""
+    if not origin or origin == "null":
+        return False
+    if origin in settings.CSRF_TRUSTED_ORIGINS:
+        return True
+    if not host or not validate_host(host.rsplit(":", 1)[0] if not host.endswith("]") else host, settings.ALLOWED_HOSTS):
+        return False
+    parsed = urlparse(origin)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        return False
+    expected_scheme = "https" if scheme in ("wss", "https") else "http"
+    return parsed.scheme == expected_scheme and parsed.netloc.lower() == host.lower()
+
+
+@database_sync_to_async
+def _user_for_token(key: str):  # type: ignore[no-untyped-def]
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.select_related("user").filter(key=key).first()
+    if token is None or not token.user.is_active:
+        return AnonymousUser()
+    return token.user
+
+
+class SocketAuthMiddleware:
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+        self.cookie_auth = CookieMiddleware(SessionMiddleware(AuthMiddleware(inner)))
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        authorization = _header(scope, b"authorization")
+        if authorization is not None:
+            scheme, _, key = authorization.partition(" ")
+            user = await _user_for_token(key.strip()) if scheme.lower() == "token" and key.strip() else AnonymousUser()
+            return await self.inner({**scope, "user": user, "auth": "token"}, receive, send)
+        if origin_allowed(_header(scope, b"origin"), _header(scope, b"host"), scope.get("scheme", "ws")):
+            return await self.cookie_auth({**scope, "auth": "cookie"}, receive, send)
+        return await self.inner({**scope, "user": AnonymousUser(), "auth": "none"}, receive, send)

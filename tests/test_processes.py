@@ -1,0 +1,153 @@
+"""Turns across real daphne processes and a real client (the `websockets` package)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import websockets
+
+from chat.models import Message
+from sessions_app.services import session_create
+from tests.conftest import requires_postgres, requires_redis
+from tests.ws import db, merge_text, token_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.process]
+
+
+async def connect(server: Any, session_id: Any, token: str) -> websockets.ClientConnection:
+    return await websockets.connect(
+        f"{server.ws_url}/ws/sessions/{session_id}/", additional_headers={"Authorization": f"Token {token}"}
+    )
+
+
+async def recv(ws: websockets.ClientConnection, timeout: float = 15) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def until(ws: websockets.ClientConnection, frame_type: str, where: Any = None, timeout: float = 30) -> list[dict]:
+    frames = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        frame = await recv(ws, max(0.1, deadline - loop.time()))
+        frames.append(frame)
+        if frame["type"] == frame_type and (where is None or where(frame)):
+            return frames
+
+
+def expected_slow(n: int) -> str:
+    return "".join(f"chunk {i} " for i in range(1, n + 1))
+
+
+async def test_killed_server_leaves_user_message_and_interrupted_reply(user, daphne_server):  # type: ignore[no-untyped-def]
+    token = await db(token_for, user)
+    session = await db(session_create, owner=user)
+    server = daphne_server(env={"DEMO_SLOW_DELAY": "0.05", "CHECKPOINT_INTERVAL": "0.5"})
+    ws = await connect(server, session.pk, token)
+    await recv(ws)  # session.ready
+    await ws.send(json.dumps({"type": "user_message", "content": "/slow 200"}))
+    frames = await until(ws, "message.delta", where=lambda f: f["offset"] > 100)
+    reply_id = frames[-1]["message_id"]
+    await asyncio.sleep(1.2)  # past a checkpoint
+    server.kill()
+    await ws.close()
+
+    restarted = daphne_server(env={"CHECKPOINT_INTERVAL": "0.5"})
+    rows = await db(lambda: list(Message.objects.filter(session=session).order_by("seq")))
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "interrupted")]
+    assert rows[0].content == "/slow 200"
+    reply = rows[1]
+    assert str(reply.pk) == reply_id
+    assert len(reply.content) > 100 and expected_slow(200).startswith(reply.content)
+    assert reply.error
+
+    ws = await connect(restarted, session.pk, token)
+    ready = await recv(ws)
+    assert ready["active"] == []
+    await ws.close()
+
+
+@requires_postgres
+@requires_redis
+async def test_two_processes_share_turns_and_mid_stream_snapshots(user, daphne_server):  # type: ignore[no-untyped-def]
+    token = await db(token_for, user)
+    session = await db(session_create, owner=user)
+    a = daphne_server(env={"DEMO_SLOW_DELAY": "0.05"})
+    b = daphne_server(env={"DEMO_SLOW_DELAY": "0.05"})
+
+    # A socket on A sees a turn started on B.
+    on_a = await connect(a, session.pk, token)
+    on_b = await connect(b, session.pk, token)
+    await recv(on_a)
+    await recv(on_b)
+    await on_b.send(json.dumps({"type": "user_message", "content": "hello from B"}))
+    seen_on_a = await until(on_a, "message.completed")
+    assert [f["message"]["role"] for f in seen_on_a if f["type"] == "message.created"] == ["user", "assistant"]
+    final = seen_on_a[-1]["message"]
+    assert final["status"] == "complete"
+    assert merge_text("", seen_on_a, final["id"]) == final["content"]
+    await on_a.close()
+
+    # A socket opened on A while B streams gets the whole text: snapshot + catch-up + live deltas.
+    await until(on_b, "message.completed")
+    await on_b.send(json.dumps({"type": "user_message", "content": "/slow 60"}))
+    started = await until(on_b, "message.delta", where=lambda f: f["offset"] > 80)
+    reply_id = started[-1]["message_id"]
+    late = await connect(a, session.pk, token)
+    ready = await recv(late)
+    assert [x["message_id"] for x in ready["active"]] == [reply_id]
+    rest = await until(late, "message.completed", where=lambda f: f["message"]["id"] == reply_id)
+    shown = merge_text(ready["active"][0]["content"], rest, reply_id)
+    saved = await db(lambda: Message.objects.get(pk=reply_id))
+    assert shown == saved.content == expected_slow(60)
+    await late.close()
+    await on_b.close()
+
+
+async def test_approval_survives_server_restart_and_runs_once(user, daphne_server, webhook):  # type: ignore[no-untyped-def]
+    token = await db(token_for, user)
+    session = await db(session_create, owner=user)
+    first = daphne_server()
+    ws = await connect(first, session.pk, token)
+    await recv(ws)
+    await ws.send(json.dumps({"type": "user_message", "content": f'/tool webhook_post {{"url": "{webhook.url}", "payload": {{"x": 1}}}}'}))
+    request = (await until(ws, "approval.requested"))[-1]
+    first.kill()
+    await ws.close()
+
+    second = daphne_server()
+    ws = await connect(second, session.pk, token)
+    ready = await recv(ws)
+    assert [(p["kind"], p["approval_id"]) for p in ready["pending"]] == [("approval", request["approval_id"])]
+    await ws.send(json.dumps({"type": "hitl_decision", "approval_id": request["approval_id"], "decision": "approve"}))
+    frames = await until(ws, "message.completed", where=lambda f: f["message"]["type"] == "text")
+    assert '"status": 200' in frames[-1]["message"]["content"]
+    assert webhook.bodies == [{"x": 1}]
+    await ws.send(json.dumps({"type": "hitl_decision", "approval_id": request["approval_id"], "decision": "approve"}))
+    assert (await until(ws, "error"))[-1]["code"] == "already_decided"
+    assert webhook.bodies == [{"x": 1}]
+    await ws.close()
+
+
+async def test_sigterm_ends_running_replies_with_all_their_text(user, daphne_server):  # type: ignore[no-untyped-def]
+    from chat.models import Worker
+
+    token = await db(token_for, user)
+    session = await db(session_create, owner=user)
+    # Checkpoints effectively off: only the shutdown path can have saved the text.
+    server = daphne_server(env={"DEMO_SLOW_DELAY": "0.05", "CHECKPOINT_INTERVAL": "600"})
+    ws = await connect(server, session.pk, token)
+    await recv(ws)
+    await ws.send(json.dumps({"type": "user_message", "content": "/slow 400"}))
+    frames = await until(ws, "message.delta", where=lambda f: f["offset"] > 100)
+    seen = frames[-1]["offset"] + len(frames[-1]["delta"])
+    reply_id = frames[-1]["message_id"]
+    server.stop()  # SIGTERM, then wait for the process to exit
+    await ws.close()
+    reply = await db(lambda: Message.objects.get(pk=reply_id))
+    assert reply.status == "interrupted"
+    assert len(reply.content) >= seen and expected_slow(400).startswith(reply.content)
+    assert not await db(lambda: Worker.objects.filter(pid=server.proc.pid).exists())
