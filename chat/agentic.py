@@ -1,0 +1,511 @@
+"""Tool calls, approvals and plans: the persisted state machine of an agent's turn.
+
+A reply whose model asked for tools ends `complete`; its calls are rows (`ToolCall`) that move
+requested → (awaiting_approval → approved | rejected) | awaiting_client → running → done | failed.
+Each step is one short transaction that locks the rows it moves, so a decision counts once,
+in whichever process and on whichever socket it arrives, and a side effect never repeats.
+When every call of a reply has ended, one continuation reply (same `reply_to`) streams the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from chat import events, tools
+from chat.exceptions import ChatError, InvalidInput, NotFound
+from chat.models import Agent, Approval, Message, Plan, ToolCall
+from chat.serializers import message_data
+from sessions_app.models import ChatSession
+
+MAX_TOOL_ROUNDS = 5
+MAX_OUTPUT_CHARS = 20000
+
+
+class AlreadyDecided(ChatError):
+    code = "already_decided"
+    status = 409
+
+
+# Frames -------------------------------------------------------------------------------
+
+
+def tool_call_frame(call: ToolCall) -> dict[str, Any]:
+    return {
+        "type": "tool.call",
+        "tool_call_id": str(call.pk),
+        "message_id": str(call.message_id) if call.message_id else None,
+        "name": call.name,
+        "arguments": call.arguments,
+    }
+
+
+def approval_frame(approval: Approval) -> dict[str, Any]:
+    return {
+        "type": "approval.requested",
+        "approval_id": str(approval.pk),
+        "message_id": str(approval.message_id) if approval.message_id else None,
+        "tool": approval.tool_call.name,
+        "arguments": approval.tool_call.arguments,
+    }
+
+
+def plan_frame(plan: Plan) -> dict[str, Any]:
+    return {
+        "type": "plan.proposed",
+        "plan_id": str(plan.pk),
+        "message_id": str(plan.message_id) if plan.message_id else None,
+        "steps": plan.steps,
+    }
+
+
+def pending_items(*, session: ChatSession) -> list[dict[str, Any]]:
+    """What waits for the client or a person: `session.ready.pending`. Three queries."""
+    items: list[dict[str, Any]] = []
+    for call in ToolCall.objects.filter(session=session, status=ToolCall.Status.AWAITING_CLIENT).order_by("created_at"):
+        items.append({"kind": "tool_call", **_without_type(tool_call_frame(call))})
+    approvals = Approval.objects.filter(session=session, status=Approval.Status.PENDING).select_related("tool_call")
+    for approval in approvals.order_by("created_at"):
+        items.append({"kind": "approval", **_without_type(approval_frame(approval))})
+    for plan in Plan.objects.filter(session=session, status=Plan.Status.PENDING).order_by("created_at"):
+        items.append({"kind": "plan", **_without_type(plan_frame(plan))})
+    return items
+
+
+def _without_type(frame: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in frame.items() if k != "type"}
+
+
+# Messages in the history ----------------------------------------------------------------
+
+
+def _append_message(session: ChatSession, **fields: Any) -> Message:
+    """A complete message at the end of the session. Locks the session row; call inside atomic."""
+    from chat.services import allocate_seq
+
+    locked = ChatSession.objects.select_for_update(of=("self",)).get(pk=session.pk)
+    now = timezone.now()
+    message = Message.objects.create(
+        session=locked, seq=allocate_seq(locked), status=Message.Status.COMPLETE, completed_at=now, **fields
+    )
+    locked.updated_at = now
+    locked.save(update_fields=["seq", "updated_at"])
+    events.broadcast_on_commit(locked.pk, events.message_created(message_data(message)))
+    return message
+
+
+def _short_json(value: Any, limit: int = 300) -> str:
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _update_metadata(message_id: uuid.UUID | None, **changes: Any) -> None:
+    """Change a card message's metadata (e.g. its decision) and tell every socket."""
+    if message_id is None:
+        return
+    message = Message.objects.select_for_update(of=("self",)).select_related("agent", "session").filter(pk=message_id).first()
+    if message is None:
+        return
+    message.metadata = {**message.metadata, **changes}
+    message.save(update_fields=["metadata"])
+    events.broadcast_on_commit(message.session_id, events.message_completed(message_data(message, with_reactions=True)))
+
+
+def storable_output(output: Any) -> tuple[Any, str]:
+    """The output as strict JSON every database stores (no NaN, no NUL), and as text, within bounds."""
+    try:
+        text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError:
+        output = text = "The output could not be stored: it is not valid JSON."
+    if "\x00" in text or "\\u0000" in text:
+        output = text = text.replace("\x00", "").replace("\\u0000", "")
+    if len(text) > MAX_OUTPUT_CHARS:
+        output = text = text[:MAX_OUTPUT_CHARS] + "…"
+    return output, text
+
+
+def _record_result(call: ToolCall, output: Any, *, is_error: bool) -> Message:
+    """End a call with its output and put a `tool_result` message in the history. Call inside atomic."""
+    output, text = storable_output(output)
+    call.output = output
+    call.is_error = is_error
+    call.completed_at = timezone.now()
+    if call.status not in (ToolCall.Status.REJECTED,):
+        call.status = ToolCall.Status.FAILED if is_error else ToolCall.Status.DONE
+    call.save(update_fields=["output", "is_error", "completed_at", "status"])
+    _update_metadata(call.message_id, status=call.status)
+    return _append_message(
+        call.session,
+        role=Message.Role.TOOL,
+        type=Message.Type.TOOL_RESULT,
+        content=text,
+        agent=call.agent,
+        reply_to=call.reply.reply_to,
+        metadata={"tool_call_id": str(call.pk), "provider_call_id": call.provider_call_id, "name": call.name, "is_error": is_error},
+    )
+
+
+# Recording the model's calls -----------------------------------------------------------------
+
+
+def tool_calls_record(*, reply: Message, calls: list[dict[str, Any]]) -> None:
+    """Store the calls a model made in `reply` (status requested). Call inside the reply's final transaction."""
+    ToolCall.objects.bulk_create(
+        [
+            ToolCall(
+                session_id=reply.session_id,
+                reply=reply,
+                ordinal=i,
+                provider_call_id=str(call.get("id") or "")[:200],
+                agent=reply.agent,
+                name=str(call.get("name") or "")[:100],
+                arguments=call.get("arguments") if isinstance(call.get("arguments"), dict) else {},
+                output={"arguments_error": call["arguments_error"]} if call.get("arguments_error") else None,
+            )
+            for i, call in enumerate(calls)
+        ]
+    )
+
+
+def _problem(call: ToolCall) -> str | None:
+    """Why the call may not run, or None. Checked before anything runs."""
+    if isinstance(call.output, dict) and call.output.get("arguments_error"):
+        reason = call.output["arguments_error"]
+        reason = reason.get("reason") if isinstance(reason, dict) else reason
+        return f"{call.name}: the arguments are not valid JSON ({reason})."
+    tool = tools.get_tool(call.name)
+    if tool is None:
+        return f"There is no tool named {call.name!r}."
+    if call.agent is not None and call.name not in (call.agent.tools or []):
+        return f"The agent {call.agent.slug!r} may not call {call.name!r}."
+    try:
+        tools.validate_arguments(tool, call.arguments)
+    except tools.ToolError as exc:
+        return str(exc)
+    return None
+
+
+def _plan_steps(arguments: dict[str, Any], session: ChatSession) -> list[dict[str, str]]:
+    from chat import routing
+
+    steps = []
+    for step in arguments.get("steps", []):
+        instruction = str(step.get("instruction", "")).strip()
+        agent = Agent.objects.filter(slug=step.get("agent"), is_active=True, is_orchestrator=False).first() if step.get("agent") else None
+        agent = agent or routing.route(session=session, content=instruction, include_orchestrator=False)
+        agent = agent or Agent.objects.filter(is_active=True, is_orchestrator=False).order_by("pk").first()
+        steps.append({"agent": agent.slug if agent else "", "instruction": instruction})
+    return steps
+
+
+# Advancing a turn -------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    action: str  # "run" (a server tool), "continue" (a continuation reply), "wait", "done"
+    call_id: uuid.UUID | None = None
+    message_id: uuid.UUID | None = None
+
+
+def advance_step(*, reply_id: uuid.UUID) -> Step:
+    """Move the reply's calls one step on. Locks the reply row, so one process advances it at a time."""
+    with transaction.atomic():
+        reply = Message.objects.select_for_update(of=("self",)).select_related("session", "agent").filter(pk=reply_id).first()
+        if reply is None:
+            return Step("done")
+        calls = list(ToolCall.objects.select_related("agent", "reply", "session").filter(reply=reply).order_by("ordinal"))
+        waiting = False
+        for call in calls:
+            if call.status in (ToolCall.Status.DONE, ToolCall.Status.FAILED, ToolCall.Status.REJECTED):
+                continue
+            if call.status == ToolCall.Status.APPROVED:
+                call.status = ToolCall.Status.RUNNING
+                call.save(update_fields=["status"])
+                return Step("run", call_id=call.pk)
+            if call.status != ToolCall.Status.REQUESTED:
+                waiting = True  # awaiting a person or the client, or running elsewhere
+                break
+            step = _open_call(reply, call)
+            if step is not None:
+                return step
+            if call.status in (ToolCall.Status.AWAITING_APPROVAL, ToolCall.Status.AWAITING_CLIENT):
+                waiting = True
+                break
+        if waiting or not calls:
+            return Step("wait" if waiting else "done")
+        if reply.metadata.get("continued"):
+            return Step("done")
+        reply.metadata = {**reply.metadata, "continued": True}
+        reply.save(update_fields=["metadata"])
+        if any(c.name == "propose_plan" for c in calls):
+            return Step("done")  # the plan decision says what happens next
+        if int(reply.metadata.get("round", 0)) >= MAX_TOOL_ROUNDS:
+            _append_message(
+                reply.session, role=Message.Role.ASSISTANT, type=Message.Type.TEXT, agent=reply.agent, reply_to=reply.reply_to,
+                content=f"I stopped after {MAX_TOOL_ROUNDS} rounds of tool calls without an answer.",
+            )
+            return Step("done")
+        results = [
+            {"name": c.name, "output": c.output, "is_error": c.is_error, "status": c.status} for c in calls
+        ]
+        continuation = _start_reply(
+            reply.session, agent=reply.agent, reply_to=reply.reply_to,
+            context={"continuation": True, "tool_results": results}, round=int(reply.metadata.get("round", 0)) + 1,
+        )
+        return Step("continue", message_id=continuation.pk)
+
+
+def _start_reply(session: ChatSession, *, agent: Agent | None, reply_to: Message | None, context: dict[str, Any], round: int = 0) -> Message:
+    """A new streaming assistant reply in an ongoing turn. Locks the session row; call inside atomic."""
+    from chat import workers
+    from chat.services import allocate_seq
+
+    locked = ChatSession.objects.select_for_update(of=("self",)).get(pk=session.pk)
+    message = Message.objects.create(
+        session=locked, seq=allocate_seq(locked), role=Message.Role.ASSISTANT, type=Message.Type.TEXT, content="",
+        status=Message.Status.STREAMING, agent=agent, reply_to=reply_to, worker_id=workers.WORKER_ID,
+        metadata={"context": context, "round": round},
+    )
+    locked.updated_at = timezone.now()
+    locked.save(update_fields=["seq", "updated_at"])
+    events.broadcast_on_commit(locked.pk, events.message_created(message_data(message)))
+    return message
+
+
+def _open_call(reply: Message, call: ToolCall) -> Step | None:
+    """Look at a requested call: fail it, ask a person, hand it to the client, or run it."""
+    problem = _problem(call)
+    tool = tools.get_tool(call.name)
+    card = _append_message(
+        reply.session, role=Message.Role.ASSISTANT, type=Message.Type.TOOL_CALL, agent=call.agent, reply_to=reply.reply_to,
+        content=f"{call.name}({_short_json(call.arguments)})",
+        metadata={
+            "tool_call_id": str(call.pk), "provider_call_id": call.provider_call_id, "name": call.name,
+            "arguments": call.arguments, "runs_on": tool.runs_on if tool else "server",
+            "needs_approval": bool(tool and tool.needs_approval), "status": "requested",
+        },
+    )
+    call.message = card
+    if problem is not None or tool is None:
+        call.save(update_fields=["message"])
+        _record_result(call, {"error": problem}, is_error=True)
+        return None
+    call.runs_on, call.needs_approval = tool.runs_on, tool.needs_approval
+    if tool.name == "propose_plan":
+        steps = _plan_steps(call.arguments, reply.session)
+        plan_message = _append_message(
+            reply.session, role=Message.Role.ASSISTANT, type=Message.Type.PLAN, agent=call.agent, reply_to=reply.reply_to,
+            content="Plan:\n" + "\n".join(f"{i + 1}. [{s['agent'] or 'assistant'}] {s['instruction']}" for i, s in enumerate(steps)),
+        )
+        plan = Plan.objects.create(session=reply.session, reply=reply, message=plan_message, steps=steps)
+        plan_message.metadata = {"plan_id": str(plan.pk), "steps": steps, "status": plan.status}
+        plan_message.save(update_fields=["metadata"])
+        call.save(update_fields=["message", "runs_on", "needs_approval"])
+        _record_result(call, {"plan_id": str(plan.pk), "status": "proposed"}, is_error=False)
+        events.broadcast_on_commit(reply.session_id, plan_frame(plan))
+        return None
+    if tool.needs_approval:
+        call.status = ToolCall.Status.AWAITING_APPROVAL
+        call.save(update_fields=["message", "runs_on", "needs_approval", "status"])
+        approval_message = _append_message(
+            reply.session, role=Message.Role.ASSISTANT, type=Message.Type.APPROVAL, agent=call.agent, reply_to=reply.reply_to,
+            content=f"Approval needed: {call.name}({_short_json(call.arguments)})",
+        )
+        approval = Approval.objects.create(session=reply.session, tool_call=call, message=approval_message)
+        approval_message.metadata = {
+            "approval_id": str(approval.pk), "tool_call_id": str(call.pk), "tool": call.name,
+            "arguments": call.arguments, "status": approval.status,
+        }
+        approval_message.save(update_fields=["metadata"])
+        _update_metadata(card.pk, status=call.status)
+        events.broadcast_on_commit(reply.session_id, approval_frame(approval))
+        return None
+    if tool.runs_on == "client":
+        call.status = ToolCall.Status.AWAITING_CLIENT
+        call.save(update_fields=["message", "runs_on", "needs_approval", "status"])
+        _update_metadata(card.pk, status=call.status)
+        events.broadcast_on_commit(reply.session_id, tool_call_frame(call))
+        return None
+    call.status = ToolCall.Status.RUNNING
+    call.save(update_fields=["message", "runs_on", "needs_approval", "status"])
+    return Step("run", call_id=call.pk)
+
+
+def tool_run(*, call_id: uuid.UUID) -> tuple[Any, bool]:
+    """Run a server tool whose call is `running`. Not in a transaction: tools may take time."""
+    call = ToolCall.objects.select_related("session").get(pk=call_id)
+    tool = tools.get_tool(call.name)
+    if tool is None or tool.handler is None:
+        return {"error": f"{call.name} cannot run on the server."}, True
+    try:
+        output = tools.run_server_tool(tool, call.arguments, tools.ToolContext(user_id=call.session.owner_id, session_id=str(call.session_id)))
+        return output, False
+    except tools.ToolError as exc:
+        return {"error": str(exc)}, True
+
+
+def tool_call_complete(*, call_id: uuid.UUID, output: Any, is_error: bool) -> None:
+    with transaction.atomic():
+        call = ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent").get(pk=call_id)
+        if call.status != ToolCall.Status.RUNNING:
+            return
+        _record_result(call, output, is_error=is_error)
+
+
+def tool_call_fail(*, call_id: uuid.UUID, reason: str) -> None:
+    """End a call that could not finish (its result could not be saved, or its process died)."""
+    with transaction.atomic():
+        call = ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent").filter(pk=call_id).first()
+        if call is None or call.status in (ToolCall.Status.DONE, ToolCall.Status.FAILED, ToolCall.Status.REJECTED):
+            return
+        call.status = ToolCall.Status.RUNNING
+        _record_result(call, {"error": reason}, is_error=True)
+
+
+STALLED_AFTER_SECONDS = 30
+RUNNING_LOST_AFTER_SECONDS = 600
+
+
+def stalled_replies() -> list[uuid.UUID]:
+    """Replies whose calls nobody moves on (the process that should died): to be advanced again.
+
+    Calls still `requested` or `approved` a while after they were made are advanced again (each
+    step locks what it moves, so a second driver does no harm); a call `running` far longer than
+    any tool takes lost its process and fails, so the turn can go on.
+    """
+    now = timezone.now()
+    lost = list(
+        ToolCall.objects.filter(
+            status=ToolCall.Status.RUNNING, created_at__lt=now - timezone.timedelta(seconds=RUNNING_LOST_AFTER_SECONDS)
+        ).values_list("pk", flat=True)[:100]
+    )
+    for call_id in lost:
+        tool_call_fail(call_id=call_id, reason="The server stopped while this tool ran; it may or may not have finished.")
+    return list(
+        ToolCall.objects.filter(
+            status__in=[ToolCall.Status.REQUESTED, ToolCall.Status.APPROVED],
+            created_at__lt=now - timezone.timedelta(seconds=STALLED_AFTER_SECONDS),
+        )
+        .order_by()  # no Meta ordering: DISTINCT must be over reply ids alone
+        .values_list("reply_id", flat=True)
+        .distinct()[:100]
+    )
+
+
+# Decisions from the client or a person ------------------------------------------------------
+
+
+def _spawn_advance(reply_id: uuid.UUID) -> None:
+    from chat import streaming, turns
+
+    transaction.on_commit(lambda: streaming.spawn(turns.advance(reply_id)))
+
+
+def tool_result_submit(*, user: Any, session_id: uuid.UUID, tool_call_id: uuid.UUID, output: Any, is_error: bool) -> None:
+    """The client's answer to a `tool.call`. Once only; unknown or foreign ids are not found."""
+    with transaction.atomic():
+        call = (
+            ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent")
+            .filter(pk=tool_call_id, session_id=session_id, session__owner=user).first()
+        )
+        if call is None:
+            raise NotFound("Tool call not found.")
+        if call.status != ToolCall.Status.AWAITING_CLIENT:
+            raise AlreadyDecided(f"This tool call is not waiting for a result (it is {call.status}).")
+        _record_result(call, output, is_error=is_error)
+        _spawn_advance(call.reply_id)
+
+
+def approval_decide(*, user: Any, session_id: uuid.UUID, approval_id: uuid.UUID, decision: str, comment: str) -> None:
+    """Approve or reject a risky call. Once only: a second decision is refused and changes nothing."""
+    if decision not in ("approve", "reject"):
+        raise InvalidInput('decision must be "approve" or "reject".')
+    with transaction.atomic():
+        approval = (
+            Approval.objects.select_for_update(of=("self",)).select_related("tool_call")
+            .filter(pk=approval_id, session_id=session_id, session__owner=user).first()
+        )
+        if approval is None:
+            raise NotFound("Approval not found.")
+        if approval.status != Approval.Status.PENDING:
+            raise AlreadyDecided(f"This approval was already decided ({approval.status}).")
+        call = ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent").get(pk=approval.tool_call_id)
+        approval.status = Approval.Status.APPROVED if decision == "approve" else Approval.Status.REJECTED
+        approval.comment, approval.decided_by, approval.decided_at = comment, user, timezone.now()
+        approval.save(update_fields=["status", "comment", "decided_by", "decided_at"])
+        _update_metadata(approval.message_id, status=approval.status, comment=comment)
+        if decision == "approve":
+            call.status = ToolCall.Status.APPROVED
+            call.save(update_fields=["status"])
+            _update_metadata(call.message_id, status=call.status)
+        else:
+            call.status = ToolCall.Status.REJECTED
+            reason = "A person rejected this call" + (f": {comment}" if comment else ".")
+            _record_result(call, {"error": reason, "rejected": True}, is_error=True)
+        _spawn_advance(call.reply_id)
+
+
+def plan_decide(*, user: Any, session_id: uuid.UUID, plan_id: uuid.UUID, decision: str, comment: str) -> None:
+    """Approve (the steps run in order, each by its agent) or reject (a short reply) a proposed plan."""
+    if decision not in ("approve", "reject"):
+        raise InvalidInput('decision must be "approve" or "reject".')
+    with transaction.atomic():
+        plan = (
+            Plan.objects.select_for_update(of=("self",)).select_related("reply", "session")
+            .filter(pk=plan_id, session_id=session_id, session__owner=user).first()
+        )
+        if plan is None:
+            raise NotFound("Plan not found.")
+        if plan.status != Plan.Status.PENDING:
+            raise AlreadyDecided(f"This plan was already decided ({plan.status}).")
+        plan.comment, plan.decided_by, plan.decided_at = comment, user, timezone.now()
+        if decision == "reject":
+            plan.status = Plan.Status.REJECTED
+            plan.save(update_fields=["status", "comment", "decided_by", "decided_at"])
+            _update_metadata(plan.message_id, status=plan.status, comment=comment)
+            _append_message(
+                plan.session, role=Message.Role.ASSISTANT, type=Message.Type.TEXT, agent=plan.reply.agent,
+                reply_to=plan.reply.reply_to, content="Understood: I will not carry out that plan.",
+            )
+            return
+        plan.status = Plan.Status.RUNNING
+        plan.save(update_fields=["status", "comment", "decided_by", "decided_at"])
+        _update_metadata(plan.message_id, status=plan.status, comment=comment)
+        from chat import streaming, turns
+
+        pid = plan.pk
+        transaction.on_commit(lambda: streaming.spawn(turns.run_plan(pid)))
+
+
+def plan_step_start(*, plan_id: uuid.UUID) -> uuid.UUID | None:
+    """Start the plan's next step as a streaming reply by the step's agent; None when the plan has ended."""
+    with transaction.atomic():
+        plan = Plan.objects.select_for_update(of=("self",)).select_related("session", "reply").filter(pk=plan_id).first()
+        if plan is None or plan.status != Plan.Status.RUNNING or plan.current_step >= len(plan.steps):
+            return None
+        index = plan.current_step
+        step = plan.steps[index]
+        agent = Agent.objects.filter(slug=step.get("agent"), is_active=True).first()
+        message = _start_reply(
+            plan.session, agent=agent, reply_to=plan.reply.reply_to,
+            context={"plan_id": str(plan.pk), "step": index + 1, "steps": len(plan.steps), "instruction": step["instruction"]},
+        )
+        plan.current_step = index + 1
+        plan.save(update_fields=["current_step"])
+        return message.pk
+
+
+def plan_finish(*, plan_id: uuid.UUID, status: str) -> None:
+    with transaction.atomic():
+        plan = Plan.objects.select_for_update(of=("self",)).filter(pk=plan_id).first()
+        if plan is None or plan.status != Plan.Status.RUNNING:
+            return
+        plan.status = status
+        plan.save(update_fields=["status"])
+        _update_metadata(plan.message_id, status=status)
