@@ -2,26 +2,63 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework.pagination import CursorPagination
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.response import Response
 
+INVALID_CURSOR = {"cursor": ["Invalid cursor: use the next or previous link of an earlier page."]}
 
-class SessionPagination(CursorPagination):
-    ordering = ("-updated_at", "-id")
+
+class StrictCursorPagination(CursorPagination):
+    """DRF's cursor pagination; a tampered cursor is a 400 `validation_error`, never a 500."""
+
     page_size = 50
     page_size_query_param = "limit"
     max_page_size = 200
 
-
-class MessagePagination(CursorPagination):
-    """Ascending `seq` (unique per session, so cursors never skip or repeat), plus `total_count`."""
-
-    ordering = "seq"
-    page_size = 50
-    page_size_query_param = "limit"
-    max_page_size = 200
+    def decode_cursor(self, request):  # type: ignore[no-untyped-def]
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            raise ValidationError(INVALID_CURSOR) from None
 
     def paginate_queryset(self, queryset, request, view=None):  # type: ignore[no-untyped-def]
+        try:
+            return super().paginate_queryset(queryset, request, view)
+        except (ValueError, TypeError, DjangoValidationError):
+            # A well-formed cursor whose position is not a value of the ordering field.
+            raise ValidationError(INVALID_CURSOR) from None
+
+    def get_paginated_response_schema(self, schema: dict) -> dict:
+        base = super().get_paginated_response_schema(schema)
+        base["required"] = ["next", "previous", "results"]
+        return base
+
+
+class SessionPagination(StrictCursorPagination):
+    ordering = ("-updated_at", "-id")
+
+
+class MessagePagination(StrictCursorPagination):
+    """Ascending `seq` (unique per session, so cursors never skip or repeat), plus `total_count`.
+
+    `?from=end` (without a cursor) starts at the newest page, still in ascending order, with a
+    `previous` link to older pages: a client opening a long conversation reads one page, not all.
+    """
+
+    ordering = "seq"
+
+    def decode_cursor(self, request):  # type: ignore[no-untyped-def]
+        cursor = super().decode_cursor(request)
+        if cursor is None and request.query_params.get("from") == "end":
+            return Cursor(offset=0, reverse=True, position=None)
+        return cursor
+
+    def paginate_queryset(self, queryset, request, view=None):  # type: ignore[no-untyped-def]
+        start = request.query_params.get("from")
+        if start is not None and start not in ("start", "end"):
+            raise ValidationError({"from": ['Must be "start" or "end".']})
         self.total_count = queryset.count()
         return super().paginate_queryset(queryset, request, view)
 
@@ -35,3 +72,17 @@ class MessagePagination(CursorPagination):
         base["properties"] = {"total_count": {"type": "integer", "example": 123}, **base["properties"]}
         base["required"] = ["total_count", "next", "previous", "results"]
         return base
+
+    def get_schema_operation_parameters(self, view):  # type: ignore[no-untyped-def]
+        return [
+            *super().get_schema_operation_parameters(view),
+            {
+                "name": "from",
+                "required": False,
+                "in": "query",
+                "description": 'Without a cursor: "start" (default) is the oldest page, "end" the newest (still ascending).',
+                "schema": {"type": "string", "enum": ["start", "end"]},
+            },
+        ]
+
+

@@ -100,3 +100,49 @@ def test_messages_of_several_sessions_are_kept_apart(api):
     assert {m["session"] for m in in_a["results"]} == {a["id"]}
     assert {m["session"] for m in in_b["results"]} == {b["id"]}
     assert (in_a["total_count"], in_b["total_count"]) == (3, 4)
+
+
+def test_messages_from_end_starts_at_the_newest_page_and_walks_back_to_the_first(api):
+    session = create_session(api)
+    for i in range(12):
+        send_ok(api, session["id"], f"m{i}")
+    newest = api.get(f"{messages_url(session['id'])}?limit=5&from=end").json()
+    assert newest["total_count"] == 12
+    assert [m["seq"] for m in newest["results"]] == [8, 9, 10, 11, 12]
+    assert newest["next"] is None
+    seqs = [m["seq"] for m in newest["results"]]
+    url = newest["previous"]
+    while url:
+        page = api.get(url).json()
+        seqs = [m["seq"] for m in page["results"]] + seqs
+        url = page["previous"]
+    assert seqs == list(range(1, 13))
+
+
+def test_messages_from_end_of_a_short_session_is_the_whole_session(api):
+    session = create_session(api)
+    for i in range(3):
+        send_ok(api, session["id"], f"m{i}")
+    body = api.get(f"{messages_url(session['id'])}?from=end").json()
+    assert [m["seq"] for m in body["results"]] == [1, 2, 3]
+    assert body["next"] is None and body["previous"] is None
+
+
+def test_messages_from_must_be_start_or_end(api):
+    session = create_session(api)
+    body = assert_error(api.get(f"{messages_url(session['id'])}?from=middle"), 400, "validation_error")
+    assert "from" in body["fields"]
+
+
+@pytest.mark.parametrize("position", ["abc", "1e99x", "-", "2026-13-45"])
+def test_a_tampered_cursor_is_a_validation_error_not_a_crash(api, position):
+    import base64
+
+    session = create_session(api)
+    send_ok(api, session["id"], "hello")
+    cursor = base64.b64encode(f"p={position}".encode()).decode()
+    for url in (f"{messages_url(session['id'])}?cursor={cursor}", f"/api/v1/sessions/?cursor={cursor}"):
+        body = assert_error(api.get(url), 400, "validation_error")
+        assert "cursor" in body["fields"]
+    body = assert_error(api.get(f"{messages_url(session['id'])}?cursor=%%%not-base64"), 400, "validation_error")
+    assert "cursor" in body["fields"]
