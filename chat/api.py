@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -16,7 +15,6 @@ from chat.serializers import (
     MessageSerializer,
     ReactionCreateSerializer,
     ReactionsResponseSerializer,
-    message_data,
 )
 from sessions_app.selectors import session_get
 
@@ -63,29 +61,18 @@ class MessageCreate(APIView):
             if claim.replay is not None:
                 replay_status, replay_body = claim.replay
                 return Response(replay_body, status=replay_status, headers={"Idempotent-Replayed": "true"})
-        committed: list[bool] = []
         try:
             form = MessageCreateSerializer(data=data)
             form.is_valid(raise_exception=True)
             session = session_get(user=request.user, session_id=form.validated_data["session"])
-            # The message and the stored answer commit together: a retry either replays it, or
-            # (when nothing committed) runs again; it can never make a second message.
-            with transaction.atomic():
-                # Runs first after the commit, before any broadcast that might raise.
-                transaction.on_commit(lambda: committed.append(True))
-                turn = services.turn_start(
-                    session=session,
-                    user=request.user,
-                    content=form.validated_data["content"],
-                    reply=form.validated_data["reply"],
-                )
-                body = message_data(turn.user_message, request.user.pk)
-                if claim is not None and claim.record is not None:
-                    idempotency.idempotency_complete(record=claim.record, status=201, body=body)
         except BaseException:
-            if claim is not None and claim.record is not None and not committed:
-                idempotency.idempotency_release(record=claim.record)
+            if claim is not None and claim.record is not None:
+                idempotency.idempotency_release(record=claim.record)  # nothing ran: a corrected retry may
             raise
+        body = services.message_send(
+            user=request.user, session=session, content=form.validated_data["content"],
+            reply=form.validated_data["reply"], claim=claim,
+        )
         return Response(body, status=status.HTTP_201_CREATED)
 
 

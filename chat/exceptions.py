@@ -7,9 +7,11 @@ class ChatError(Exception):
     code = "error"
     status = 400
 
-    def __init__(self, detail: str, *, code: str | None = None, status: int | None = None) -> None:
+    def __init__(self, detail: str, *, code: str | None = None, status: int | None = None, field: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        # The input the error is about, when there is one (REST puts it under `fields`).
+        self.field = field
         if code:
             self.code = code
         if status:

@@ -50,7 +50,9 @@ def request_hash(method: str, path: str, body: Any) -> str:
 def validate_key(key: str) -> str:
     key = key.strip()
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise ChatError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.", code="validation_error")
+        raise ChatError(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.", code="validation_error", field="Idempotency-Key"
+        )
     return key
 
 
@@ -73,7 +75,12 @@ def idempotency_claim(*, user: AbstractBaseUser, key: str, digest: str) -> Claim
                 seconds=STALE_CLAIM_SECONDS
             )
             if expired or stale:
-                IdempotencyRecord.objects.filter(pk=existing.pk, created_at=existing.created_at).delete()
+                # A stale claim is only taken over while it is still in progress; its first request,
+                # should it still run, then finds its claim gone and rolls back (`idempotency_hold`).
+                gone = IdempotencyRecord.objects.filter(pk=existing.pk, created_at=existing.created_at)
+                if not expired:
+                    gone = gone.filter(state=IdempotencyRecord.State.IN_PROGRESS)
+                gone.delete()
                 continue
             if existing.request_hash != digest:
                 raise KeyReused("This Idempotency-Key was used with a different request body.") from None
@@ -81,6 +88,17 @@ def idempotency_claim(*, user: AbstractBaseUser, key: str, digest: str) -> Claim
                 raise KeyInUse("A request with this Idempotency-Key is still being processed; retry shortly.") from None
             return Claim(record=None, replay=(existing.response_status or 200, existing.response_body))
     raise KeyInUse("A request with this Idempotency-Key is still being processed; retry shortly.")
+
+
+def idempotency_hold(*, record: IdempotencyRecord) -> None:
+    """Lock this request's claim for the rest of the transaction; KeyInUse when another request took it over.
+
+    Call inside the transaction that does the work: the work and the stored answer commit
+    together, and a takeover of a stale claim waits for this transaction to end.
+    """
+    held = IdempotencyRecord.objects.select_for_update().filter(pk=record.pk, state=IdempotencyRecord.State.IN_PROGRESS).exists()
+    if not held:
+        raise KeyInUse("A request with this Idempotency-Key was taken over by a retry.")
 
 
 def idempotency_complete(*, record: IdempotencyRecord, status: int, body: Any) -> None:

@@ -27,6 +27,15 @@ class StrictUUIDField(serializers.UUIDField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """Only JSON true or false: DRF's BooleanField would take "yes", 1 or "off" as well."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class ReactionSerializer(serializers.Serializer):
     emoji = serializers.CharField()
     count = serializers.IntegerField()
@@ -55,9 +64,9 @@ class AgentSerializer(serializers.ModelSerializer):
 class MessageSerializer(serializers.ModelSerializer):
     """The contract's `Message`. Reactions come from a prefetch (no query per message)."""
 
-    session = serializers.UUIDField(source="session_id")
-    agent = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    reply_to = serializers.UUIDField(source="reply_to_id", allow_null=True)
+    session = serializers.UUIDField(source="session_id", read_only=True)
+    agent = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    reply_to = serializers.UUIDField(source="reply_to_id", read_only=True, allow_null=True)
     reactions = serializers.SerializerMethodField()
 
     class Meta:
@@ -91,7 +100,7 @@ class MessageCreateSerializer(serializers.Serializer):
     session = StrictUUIDField()
     type = serializers.ChoiceField(choices=["text"], default="text")
     content = StrictCharField(trim_whitespace=False, allow_blank=True)
-    reply = serializers.BooleanField(default=True)
+    reply = StrictBooleanField(default=True)
 
     def validate_content(self, value: str) -> str:
         from chat.exceptions import InvalidInput
@@ -124,3 +133,8 @@ class ReactionsResponseSerializer(serializers.Serializer):
 class ErrorSerializer(serializers.Serializer):
     code = serializers.CharField()
     detail = serializers.CharField()
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), required=False,
+        help_text="validation_error only: the messages of each field.",
+    )
+    retry_after = serializers.IntegerField(required=False, help_text="throttled only: seconds to wait.")

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from chat import events, workers
-from chat.exceptions import AgentNotFound, Busy, InvalidInput
+from chat.exceptions import AgentNotFound, Busy, InvalidInput, NotFound
 from chat.models import Agent, Message, Reaction
 from chat.serializers import message_data, summarize_reactions
 from sessions_app.models import ChatSession
@@ -115,8 +115,11 @@ class Turn:
 
 
 def _lock_session(session_id: uuid.UUID) -> ChatSession:
-    """Locks the session row; call inside transaction.atomic."""
-    return ChatSession.objects.select_for_update(of=("self",)).select_related("agent").get(pk=session_id)
+    """Locks the session row; call inside transaction.atomic. NotFound when it was deleted meanwhile."""
+    session = ChatSession.objects.select_for_update(of=("self",)).select_related("agent").filter(pk=session_id).first()
+    if session is None:
+        raise NotFound("Session not found.")
+    return session
 
 
 def allocate_seq(session: ChatSession, count: int = 1) -> int:
@@ -179,6 +182,35 @@ def turn_start(
             transaction.on_commit(lambda: streaming.start_reply_sync(reply_id))
     session.seq, session.updated_at = locked.seq, locked.updated_at
     return Turn(user_message=user_message, reply=assistant, created=True, messages=batch)
+
+
+def message_send(
+    *, user: AbstractBaseUser, session: ChatSession, content: str, reply: bool, claim: Any = None
+) -> dict[str, Any]:
+    """The REST send: a turn, and with an `Idempotency-Key` claim (chat.idempotency) its stored answer.
+
+    The message and the stored answer commit together: a retry either replays the answer or, when
+    nothing committed, runs again; it never makes a second message. Returns the user Message shape.
+    """
+    from chat import idempotency
+
+    record = getattr(claim, "record", None)
+    committed: list[bool] = []
+    try:
+        with transaction.atomic():
+            # Registered first, so it runs before any broadcast that might raise after the commit.
+            transaction.on_commit(lambda: committed.append(True))
+            if record is not None:
+                idempotency.idempotency_hold(record=record)
+            turn = turn_start(session=session, user=user, content=content, reply=reply)
+            body = message_data(turn.user_message, user.pk)
+            if record is not None:
+                idempotency.idempotency_complete(record=record, status=201, body=body)
+    except BaseException:
+        if record is not None and not committed:
+            idempotency.idempotency_release(record=record)
+        raise
+    return body
 
 
 def reply_checkpoint(*, message_id: uuid.UUID, content: str) -> bool:
@@ -288,7 +320,11 @@ def _reaction_summary(message: Message, viewer_id: int | None) -> list[dict[str,
 def reaction_add(*, message: Message, user: AbstractBaseUser, emoji: str) -> tuple[bool, list[dict[str, Any]]]:
     """Add the user's reaction (once per emoji); broadcasts `reaction.updated`. Returns (created, summary)."""
     emoji = validate_emoji(emoji)
+    limit = settings.CHAT["MAX_REACTIONS_PER_USER"]
     with transaction.atomic():
+        mine = set(Reaction.objects.filter(message=message, user=user).values_list("emoji", flat=True))
+        if emoji not in mine and len(mine) >= limit:
+            raise InvalidInput(f"At most {limit} different reactions per message; remove one first.")
         _, created = Reaction.objects.get_or_create(message=message, user=user, emoji=emoji)
         summary = _reaction_summary(message, user.pk)
         if created:
@@ -298,8 +334,10 @@ def reaction_add(*, message: Message, user: AbstractBaseUser, emoji: str) -> tup
 
 def reaction_remove(*, message: Message, user: AbstractBaseUser, emoji: str) -> list[dict[str, Any]]:
     """Remove the user's reaction; raises NotFound when there is none. Broadcasts `reaction.updated`."""
-    from chat.exceptions import NotFound
-
+    try:
+        emoji = validate_emoji(emoji)
+    except InvalidInput:
+        raise NotFound("Reaction not found.") from None  # not an emoji, so never a reaction
     with transaction.atomic():
         deleted, _ = Reaction.objects.filter(message=message, user=user, emoji=emoji).delete()
         if not deleted:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -60,7 +60,8 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response({"code": "invalid_json", "detail": "The JSON body is nested too deeply."}, status=400)
     if isinstance(exc, RequestDataTooBig):
         return Response({"code": "request_too_large", "detail": "The request body is too large."}, status=413)
-    if isinstance(exc, Http404):
+    if isinstance(exc, (Http404, ObjectDoesNotExist)):
+        # ObjectDoesNotExist: a row deleted between reading and writing it (another tab, cleanup).
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
@@ -69,7 +70,7 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ChatError):
         body = {"code": exc.code, "detail": exc.detail}
         if exc.code == "validation_error":
-            body["fields"] = {"non_field_errors": [exc.detail]}
+            body["fields"] = {getattr(exc, "field", None) or "non_field_errors": [exc.detail]}
         return Response(body, status=exc.status)
     if isinstance(exc, ApiError):
         return Response({"code": exc.code, "detail": str(exc.detail), **exc.extra}, status=exc.status_code)

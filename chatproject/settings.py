@@ -201,12 +201,19 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # No anonymous access outside DEBUG, the API reference included.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "chatproject.schema.add_error_responses",
+    ],
 }
 
 # Product limits and behaviour.
 CHAT = {
     "MAX_MESSAGE_CHARS": env_int("MAX_MESSAGE_CHARS", 32000),
     "MAX_TITLE_CHARS": 200,
+    "MAX_REACTIONS_PER_USER": 10,
     "IDEMPOTENCY_TTL_SECONDS": env_int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600),
     "SESSION_TTL_DAYS": env_int("SESSION_TTL_DAYS", 30),
     # Demo provider pace: seconds between deltas of an ordinary reply.

@@ -1,10 +1,15 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.urls import include, path
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
 from rest_framework.authtoken.views import ObtainAuthToken
 
 from chat import api as chat_api
+from chat.serializers import ErrorSerializer
 from chatproject import metrics, views
 from chatproject.throttling import LoginRateThrottle
 from sessions_app import api as sessions_api
@@ -14,6 +19,29 @@ class TokenView(ObtainAuthToken):
     """`{"username","password"}` → `{"token"}`; attempts are throttled (THROTTLE_LOGIN)."""
 
     throttle_classes = (LoginRateThrottle,)
+    # Needs no credentials, and a browser's session cookie must not make it demand a CSRF token.
+    authentication_classes = ()
+
+    @extend_schema(
+        auth=[],
+        responses={
+            200: inline_serializer("Token", {"token": serializers.CharField()}),
+            400: OpenApiResponse(ErrorSerializer, description="Wrong username or password (validation_error)."),
+            429: OpenApiResponse(ErrorSerializer, description="Too many attempts from this address."),
+        },
+    )
+    def post(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return super().post(request, *args, **kwargs)
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI document; its errors are plain JSON in the one error shape, whatever format was asked."""
+
+    def handle_exception(self, exc):  # type: ignore[no-untyped-def]
+        response = super().handle_exception(exc)
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return response
 
 
 api_v1 = [
@@ -30,8 +58,9 @@ api_v1 = [
         chat_api.MessageReactionDelete.as_view(),
         name="message-reaction-delete",
     ),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("schema/", SchemaView.as_view(), name="schema"),
+    # A page for people: signing in (the session cookie) is what it asks of anonymous visitors.
+    path("docs/", login_required(SpectacularSwaggerView.as_view(url_name="schema")), name="swagger-ui"),
 ]
 
 urlpatterns = [

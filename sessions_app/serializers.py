@@ -12,7 +12,7 @@ from sessions_app.models import ChatSession
 class SessionSerializer(serializers.ModelSerializer):
     """The contract's `Session`; `message_count` comes from an annotation or is computed."""
 
-    agent = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    agent = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     message_count = serializers.SerializerMethodField()
 
     class Meta:

@@ -119,15 +119,33 @@ def test_openapi_schema_lists_every_endpoint_of_the_contract(api):
     assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in create.get("parameters", []))
 
 
-def test_openapi_schema_is_served_without_credentials_too():
-    response = APIClient().get("/api/v1/schema/?format=json")
-    assert response.status_code in (200, 401)
-    if response.status_code == 401:
-        assert response.json()["code"] == "not_authenticated"
+def test_openapi_schema_and_docs_need_credentials():
+    assert_error(APIClient().get("/api/v1/schema/?format=json"), 401, "not_authenticated")
+    response = APIClient().get("/api/v1/docs/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/?next=/api/v1/docs/")
 
 
-def test_swagger_docs_are_html(api):
-    response = api.get("/api/v1/docs/")
+def test_openapi_schema_matches_the_contract_shapes(api):
+    document = api.get("/api/v1/schema/?format=json").json()
+    schemas = document["components"]["schemas"]
+    assert schemas["Session"]["properties"]["agent"].get("nullable") is True
+    assert schemas["Message"]["properties"]["agent"].get("nullable") is True
+    assert schemas["Message"]["properties"]["reply_to"].get("nullable") is True
+    assert {"code", "detail"} <= set(schemas["Error"]["required"])
+    assert {"fields", "retry_after"} <= set(schemas["Error"]["properties"])
+    assert set(schemas["PaginatedSessionList"]["required"]) == {"next", "previous", "results"}
+    token = document["paths"]["/api/v1/auth/token/"]["post"]
+    assert {} in token.get("security", [{}]) and "401" not in token["responses"]
+    assert set(token["responses"]) >= {"200", "400", "429"}
+    send = document["paths"]["/api/v1/messages/"]["post"]["responses"]
+    assert {"201", "400", "401", "404", "409", "422", "429"} <= set(send)
+    assert "401" in document["paths"]["/api/v1/sessions/"]["get"]["responses"]
+
+
+def test_swagger_docs_are_html_for_a_signed_in_user(client, user):
+    client.force_login(user)
+    response = client.get("/api/v1/docs/")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/html")
     assert b"swagger" in response.content.lower()

@@ -187,3 +187,31 @@ def test_concurrent_requests_with_the_same_key_create_exactly_one_message(user):
     retry = send(client, session["id"], "exactly once", HTTP_IDEMPOTENCY_KEY="race-key")
     assert retry.status_code == 201
     assert retry.json()["id"] == str(message.pk)
+
+
+def test_a_retry_while_the_first_request_is_in_flight_is_409_in_use(api, user):
+    session = create_session(api)
+    first = send(api, session["id"], "pay once", HTTP_IDEMPOTENCY_KEY="in-flight")
+    assert first.status_code == 201
+    # The state a request still being processed leaves: its claim is in progress.
+    IdempotencyRecord.objects.filter(key="in-flight").update(state=IdempotencyRecord.State.IN_PROGRESS)
+    assert_error(send(api, session["id"], "pay once", HTTP_IDEMPOTENCY_KEY="in-flight"), 409, "idempotency_key_in_use")
+    assert Message.objects.count() == 1
+
+
+def test_a_stale_claim_is_taken_over_but_a_finished_answer_is_replayed_for_a_day(api):
+    session = create_session(api)
+    first = send(api, session["id"], "pay once", HTTP_IDEMPOTENCY_KEY="old-done")
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    IdempotencyRecord.objects.filter(key="old-done").update(created_at=an_hour_ago)
+    again = send(api, session["id"], "pay once", HTTP_IDEMPOTENCY_KEY="old-done")
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+
+    # A claim whose request died long ago (still in progress, nothing committed) may run again.
+    IdempotencyRecord.objects.create(user=IdempotencyRecord.objects.get(key="old-done").user, key="died",
+                                     request_hash="x", state=IdempotencyRecord.State.IN_PROGRESS)
+    IdempotencyRecord.objects.filter(key="died").update(created_at=an_hour_ago)
+    IdempotencyRecord.objects.filter(key="died").update(request_hash=IdempotencyRecord.objects.get(key="old-done").request_hash)
+    retried = send(api, session["id"], "pay once", HTTP_IDEMPOTENCY_KEY="died")
+    assert retried.status_code == 201
+    assert Message.objects.count() == 2

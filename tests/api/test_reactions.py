@@ -134,3 +134,23 @@ def test_reactions_appear_aggregated_in_the_messages_list(api, user, other_user,
         {"emoji": HEART, "count": 1, "me": False},
     ]
     assert results[1]["reactions"] == [{"emoji": HEART, "count": 1, "me": True}]
+
+
+@pytest.mark.parametrize("emoji", ["\x00", "not-an-emoji", "\ud800".encode("utf-8", "surrogatepass").decode("latin-1"), "x" * 300])
+def test_remove_with_a_path_that_is_no_emoji_is_404_never_500(api, message, emoji):
+    api.post(reactions_url(message["id"]), {"emoji": THUMBS}, format="json")
+    assert_error(api.delete(reaction_url(message["id"], emoji)), 404, "not_found")
+    assert Reaction.objects.count() == 1
+
+
+def test_one_user_may_put_at_most_ten_different_reactions_on_a_message(api, message):
+    emoji = [chr(0x1F600 + i) for i in range(11)]
+    for e in emoji[:10]:
+        assert api.post(reactions_url(message["id"]), {"emoji": e}, format="json").status_code == 201
+    body = assert_error(api.post(reactions_url(message["id"]), {"emoji": emoji[10]}, format="json"), 400, "validation_error")
+    assert "At most 10" in body["detail"]
+    # Adding one already there is still fine, and removing one makes room.
+    assert api.post(reactions_url(message["id"]), {"emoji": emoji[0]}, format="json").status_code == 200
+    assert api.delete(reaction_url(message["id"], emoji[0])).status_code == 204
+    assert api.post(reactions_url(message["id"]), {"emoji": emoji[10]}, format="json").status_code == 201
+    assert Reaction.objects.filter(message_id=message["id"]).count() == 10

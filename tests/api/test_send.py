@@ -134,9 +134,8 @@ def test_send_malformed_json_is_400_invalid_json_never_500(api, raw):
     response = api.post(MESSAGES, raw, content_type="application/json")
     assert response.status_code == 400, response.content
     body = response.json()
-    assert body["code"] in ("invalid_json", "validation_error")
-    if raw:
-        assert body["code"] == "invalid_json"
+    # An empty body is no JSON document at all: the fields are missing, as for `{}`.
+    assert body["code"] == ("invalid_json" if raw else "validation_error"), body
     assert not Message.objects.exists()
 
 
@@ -144,7 +143,35 @@ def test_send_malformed_json_is_400_invalid_json_never_500(api, raw):
 def test_send_json_that_is_not_an_object_is_400_never_500(api, raw):
     response = api.post(MESSAGES, raw, content_type="application/json")
     assert response.status_code == 400, response.content
-    assert response.json()["code"] in ("validation_error", "invalid_json")
+    assert response.json()["code"] == "validation_error", response.content
+    assert not Message.objects.exists()
+
+
+@pytest.mark.parametrize("value", ["yes", "false", 1, 0, None, "on", []])
+def test_send_reply_must_be_a_json_boolean(api, value):
+    session = create_session(api)
+    body = {"session": session["id"], "type": "text", "content": "hello", "reply": value}
+    error = assert_error(api.post(MESSAGES, body, format="json"), 400, "validation_error")
+    assert "reply" in error["fields"]
+    assert not Message.objects.exists()
+
+
+def test_send_to_a_session_deleted_meanwhile_is_404(api, monkeypatch):
+    """The session goes (another tab, cleanup) between the ownership check and the turn's lock."""
+    from sessions_app import selectors
+    from sessions_app.models import ChatSession
+
+    session = create_session(api)
+    real_get = selectors.session_get
+
+    def get_then_vanish(**kwargs):  # type: ignore[no-untyped-def]
+        found = real_get(**kwargs)
+        ChatSession.objects.filter(pk=found.pk).delete()
+        return found
+
+    monkeypatch.setattr("chat.api.session_get", get_then_vanish)
+    assert_error(send(api, session["id"], "hello"), 404, "not_found")
+    assert not Message.objects.exists()
 
 
 def test_send_malformed_json_with_an_idempotency_key_is_400_invalid_json(api):
