@@ -21,6 +21,7 @@ from chat import events, tools
 from chat.exceptions import ChatError, InvalidInput, NotFound
 from chat.models import Agent, Approval, Message, Plan, ToolCall
 from chat.serializers import message_data
+from chat.services import storable_json, storable_text
 from sessions_app.models import ChatSession
 
 MAX_TOOL_ROUNDS = 5
@@ -163,9 +164,9 @@ def tool_calls_record(*, reply: Message, calls: list[dict[str, Any]]) -> None:
                 ordinal=i,
                 provider_call_id=str(call.get("id") or "")[:200],
                 agent=reply.agent,
-                name=str(call.get("name") or "")[:100],
-                arguments=call.get("arguments") if isinstance(call.get("arguments"), dict) else {},
-                output={"arguments_error": call["arguments_error"]} if call.get("arguments_error") else None,
+                name=storable_text(str(call.get("name") or "")[:100]),
+                arguments=storable_json(call.get("arguments")) if isinstance(call.get("arguments"), dict) else {},
+                output={"arguments_error": storable_json(call["arguments_error"])} if call.get("arguments_error") else None,
             )
             for i, call in enumerate(calls)
         ]

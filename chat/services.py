@@ -36,6 +36,30 @@ def validate_text(value: str, name: str) -> str:
     return value
 
 
+def storable_text(text: str) -> str:
+    """Model output as every database stores it: NUL characters dropped, lone surrogates made U+FFFD.
+
+    User input with these is refused (`validate_text`); model output is kept, cleaned, since
+    PostgreSQL would refuse the whole reply for one bad character.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def storable_json(value: Any) -> Any:
+    """A JSON value from a model (tool arguments) cleaned like `storable_text`."""
+    import json
+
+    encoded = json.dumps(value, ensure_ascii=False, default=str)
+    cleaned = storable_text(encoded).replace("\\u0000", "")
+    return value if cleaned == encoded else json.loads(cleaned)
+
+
 def validate_content(content: object) -> str:
     if not isinstance(content, str):
         raise InvalidInput("content must be a string.")

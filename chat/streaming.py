@@ -55,6 +55,7 @@ class ReplyRun:
     def append(self, piece: str) -> None:
         if not piece:
             return
+        piece = services.storable_text(piece)
         if self.length + len(piece) > settings.CHAT["MAX_REPLY_CHARS"]:
             raise ProviderError(f"The reply was cut off at {settings.CHAT['MAX_REPLY_CHARS']} characters.")
         self.parts.append(piece)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -19,13 +20,20 @@ logger = logging.getLogger(__name__)
 
 
 async def consume(run: ReplyRun, ctx: ReplyContext, provider: Provider, metadata: dict[str, Any]) -> None:
-    async for event in provider.stream(ctx):
-        if event.kind == "text":
-            run.append(event.text)
-        elif event.kind == "usage":
-            metadata["usage"] = event.data
-        elif event.kind == "tool_call":
-            run.tool_calls.append(event.data)
+    # aclosing: however the loop ends (cancel, an error, the length limit), the provider's
+    # stream is closed at once, so its HTTP request stops and the model stops generating.
+    async with contextlib.aclosing(provider.stream(ctx)) as stream:
+        async for event in stream:
+            _take(run, event, metadata)
+
+
+def _take(run: ReplyRun, event: Any, metadata: dict[str, Any]) -> None:
+    if event.kind == "text":
+        run.append(event.text)
+    elif event.kind == "usage":
+        metadata["usage"] = event.data
+    elif event.kind == "tool_call":
+        run.tool_calls.append(event.data)
 
 
 def _run_tool_in_thread(call_id: uuid.UUID) -> tuple[Any, bool]:

@@ -5,8 +5,8 @@ from django.urls import include, path
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import serializers
-from rest_framework.renderers import JSONRenderer
 from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.renderers import JSONRenderer
 
 from chat import api as chat_api
 from chat.serializers import ErrorSerializer

@@ -39,6 +39,7 @@ SCENARIOS = {
     "hang-no-headers": "the request is read and never answered",
     "stall": "some text, then nothing",
     "thinking": "reasoning chunks for a while (no content), then text",
+    "bad-characters": "text with a NUL character and a lone surrogate, as a broken model may send",
     "slow": "many text chunks, 0.05 s apart",
     "paced": "the plain text's chunks 0.05 s apart, then a usage chunk when asked for",
     "unauthorized": "401",
@@ -270,6 +271,10 @@ class _Handler(BaseHTTPRequestHandler):
             yield 0.05
             yield "drop"
             return
+        elif model == "bad-characters":
+            for piece in ["Null\u0000 byte", " and a lone \ud800", " surrogate."]:
+                yield _chunk(model, {"content": piece})
+            yield _chunk(model, {}, "stop")
         elif model == "thinking":
             for _ in range(6):
                 yield _chunk(model, {"reasoning_content": "hmm "})

@@ -84,6 +84,20 @@ async def test_openai_reply_streams_in_several_deltas_and_stores_usage(user, tok
     await comm.disconnect()
 
 
+async def test_openai_text_no_database_stores_is_cleaned_not_lost(user, token, fake):  # type: ignore[no-untyped-def]
+    """A NUL character or a lone surrogate would make PostgreSQL refuse the whole reply."""
+    _, comm = await open_chat(user, token, fake, "bad-characters")
+    await send(comm, {"type": "user_message", "content": "Say something odd"})
+    frames = await frames_until(comm, "message.completed")
+    final = frames[-1]["message"]
+    expected = "Null byte and a lone \ufffd surrogate."
+    assert (final["status"], final["content"]) == ("complete", expected)
+    assert merge_text("", frames, final["id"]) == expected
+    saved = await db(Message.objects.get, pk=final["id"])
+    assert (saved.status, saved.content) == ("complete", expected)
+    await comm.disconnect()
+
+
 async def test_openai_tool_call_runs_server_tool_and_follow_up_carries_result(user, token, fake):  # type: ignore[no-untyped-def]
     session, comm = await open_chat(user, token, fake, "calculator-round")
     await send(comm, {"type": "user_message", "content": "What is 2*(3+4)?"})
@@ -174,4 +188,21 @@ async def test_openai_cancel_ends_cancelled_and_closes_the_http_stream(user, tok
         await asyncio.sleep(0.05)
     assert fake.disconnects == ["slow"]
     assert len(bodies(fake, "slow")) == 1
+    await comm.disconnect()
+
+
+async def test_openai_reply_over_the_length_limit_fails_and_closes_the_http_stream(user, token, fake, settings):  # type: ignore[no-untyped-def]
+    """A model stuck in a loop: the reply ends `failed` with its text, and the model is told to stop."""
+    settings.CHAT = {**settings.CHAT, "MAX_REPLY_CHARS": 40}
+    _, comm = await open_chat(user, token, fake, "slow")
+    await send(comm, {"type": "user_message", "content": "Write forever"})
+    frames = await frames_until(comm, "message.completed")
+    final = frames[-1]["message"]
+    assert final["status"] == "failed" and "40 characters" in final["error"]
+    assert final["content"].startswith("chunk 0 chunk 1 ") and len(final["content"]) <= 40
+    for _ in range(60):
+        if "slow" in fake.disconnects:
+            break
+        await asyncio.sleep(0.05)
+    assert fake.disconnects == ["slow"]
     await comm.disconnect()
