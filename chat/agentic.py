@@ -5,6 +5,9 @@ requested → (awaiting_approval → approved | rejected) | awaiting_client → 
 Each step is one short transaction that locks the rows it moves, so a decision counts once,
 in whichever process and on whichever socket it arrives, and a side effect never repeats.
 When every call of a reply has ended, one continuation reply (same `reply_to`) streams the answer.
+
+Lock order: every step locks the session row first (`services.session_lock`), then the rows
+it moves. One order everywhere means two steps of one session never deadlock; they queue.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from chat import events, tools
 from chat.exceptions import ChatError, InvalidInput, NotFound
 from chat.models import Agent, Approval, Message, Plan, ToolCall
 from chat.serializers import message_data
-from chat.services import storable_json, storable_text
+from chat.services import session_lock, storable_json, storable_text
 from sessions_app.models import ChatSession
 
+ENDED = (ToolCall.Status.DONE, ToolCall.Status.FAILED, ToolCall.Status.REJECTED, ToolCall.Status.SUPERSEDED)
 MAX_TOOL_ROUNDS = 5
 MAX_OUTPUT_CHARS = 20000
 
@@ -130,14 +134,13 @@ def storable_output(output: Any) -> tuple[Any, str]:
     return output, text
 
 
-def _record_result(call: ToolCall, output: Any, *, is_error: bool) -> Message:
+def _record_result(call: ToolCall, output: Any, *, is_error: bool, status: str | None = None) -> Message:
     """End a call with its output and put a `tool_result` message in the history. Call inside atomic."""
     output, text = storable_output(output)
     call.output = output
     call.is_error = is_error
     call.completed_at = timezone.now()
-    if call.status not in (ToolCall.Status.REJECTED,):
-        call.status = ToolCall.Status.FAILED if is_error else ToolCall.Status.DONE
+    call.status = status or (ToolCall.Status.FAILED if is_error else ToolCall.Status.DONE)
     call.save(update_fields=["output", "is_error", "completed_at", "status"])
     _update_metadata(call.message_id, status=call.status)
     return _append_message(
@@ -215,51 +218,65 @@ class Step:
 
 
 def advance_step(*, reply_id: uuid.UUID) -> Step:
-    """Move the reply's calls one step on. Locks the reply row, so one process advances it at a time."""
+    """Move the reply's calls one step on. Locks the session, then the reply: one process advances it at a time."""
+    session_id = Message.objects.filter(pk=reply_id).values_list("session_id", flat=True).first()
+    if session_id is None:
+        return Step("done")
     with transaction.atomic():
-        reply = Message.objects.select_for_update(of=("self",)).select_related("session", "agent").filter(pk=reply_id).first()
-        if reply is None:
-            return Step("done")
-        calls = list(ToolCall.objects.select_related("agent", "reply", "session").filter(reply=reply).order_by("ordinal"))
-        waiting = False
-        for call in calls:
-            if call.status in (ToolCall.Status.DONE, ToolCall.Status.FAILED, ToolCall.Status.REJECTED):
-                continue
-            if call.status == ToolCall.Status.APPROVED:
-                call.status = ToolCall.Status.RUNNING
-                call.save(update_fields=["status"])
-                return Step("run", call_id=call.pk)
-            if call.status != ToolCall.Status.REQUESTED:
-                waiting = True  # awaiting a person or the client, or running elsewhere
-                break
-            step = _open_call(reply, call)
-            if step is not None:
-                return step
-            if call.status in (ToolCall.Status.AWAITING_APPROVAL, ToolCall.Status.AWAITING_CLIENT):
-                waiting = True
-                break
-        if waiting or not calls:
-            return Step("wait" if waiting else "done")
-        if reply.metadata.get("continued"):
-            return Step("done")
-        reply.metadata = {**reply.metadata, "continued": True}
-        reply.save(update_fields=["metadata"])
-        if any(c.name == "propose_plan" for c in calls):
-            return Step("done")  # the plan decision says what happens next
-        if int(reply.metadata.get("round", 0)) >= MAX_TOOL_ROUNDS:
-            _append_message(
-                reply.session, role=Message.Role.ASSISTANT, type=Message.Type.TEXT, agent=reply.agent, reply_to=reply.reply_to,
-                content=f"I stopped after {MAX_TOOL_ROUNDS} rounds of tool calls without an answer.",
-            )
-            return Step("done")
-        results = [
-            {"name": c.name, "output": c.output, "is_error": c.is_error, "status": c.status} for c in calls
-        ]
-        continuation = _start_reply(
-            reply.session, agent=reply.agent, reply_to=reply.reply_to,
-            context={"continuation": True, "tool_results": results}, round=int(reply.metadata.get("round", 0)) + 1,
+        session_lock(session_id)
+        return _advance(reply_id)
+
+
+def _advance(reply_id: uuid.UUID) -> Step:
+    """What the reply's turn does next, decided and recorded in the caller's transaction.
+
+    The session row must be locked. Whatever ends a call calls this in the same transaction,
+    so between a result and what follows it there is no moment where the turn looks over
+    (a new user message would be accepted) or where a crash leaves it with no next step.
+    A "run" or "continue" step must be driven by the caller (`turns.advance`).
+    """
+    reply = Message.objects.select_for_update(of=("self",)).select_related("session", "agent").filter(pk=reply_id).first()
+    if reply is None:
+        return Step("done")
+    calls = list(ToolCall.objects.select_related("agent", "reply", "session").filter(reply=reply).order_by("ordinal"))
+    waiting = False
+    for call in calls:
+        if call.status in ENDED:
+            continue
+        if call.status == ToolCall.Status.APPROVED:
+            _mark_running(call)
+            return Step("run", call_id=call.pk)
+        if call.status != ToolCall.Status.REQUESTED:
+            waiting = True  # awaiting a person or the client, or running elsewhere
+            break
+        step = _open_call(reply, call)
+        if step is not None:
+            return step
+        if call.status in (ToolCall.Status.AWAITING_APPROVAL, ToolCall.Status.AWAITING_CLIENT):
+            waiting = True
+            break
+    if waiting or not calls:
+        return Step("wait" if waiting else "done")
+    if reply.metadata.get("continued"):
+        return Step("done")
+    reply.metadata = {**reply.metadata, "continued": True}
+    reply.save(update_fields=["metadata"])
+    if any(c.name == "propose_plan" for c in calls):
+        return Step("done")  # the plan decision says what happens next
+    if int(reply.metadata.get("round", 0)) >= MAX_TOOL_ROUNDS:
+        _append_message(
+            reply.session, role=Message.Role.ASSISTANT, type=Message.Type.TEXT, agent=reply.agent, reply_to=reply.reply_to,
+            content=f"I stopped after {MAX_TOOL_ROUNDS} rounds of tool calls without an answer.",
         )
-        return Step("continue", message_id=continuation.pk)
+        return Step("done")
+    results = [
+        {"name": c.name, "output": c.output, "is_error": c.is_error, "status": c.status} for c in calls
+    ]
+    continuation = _start_reply(
+        reply.session, agent=reply.agent, reply_to=reply.reply_to,
+        context={"continuation": True, "tool_results": results}, round=int(reply.metadata.get("round", 0)) + 1,
+    )
+    return Step("continue", message_id=continuation.pk)
 
 
 def _start_reply(session: ChatSession, *, agent: Agent | None, reply_to: Message | None, context: dict[str, Any], round: int = 0) -> Message:
@@ -333,9 +350,19 @@ def _open_call(reply: Message, call: ToolCall) -> Step | None:
         _update_metadata(card.pk, status=call.status)
         events.broadcast_on_commit(reply.session_id, tool_call_frame(call))
         return None
-    call.status = ToolCall.Status.RUNNING
-    call.save(update_fields=["message", "runs_on", "needs_approval", "status"])
+    call.save(update_fields=["message", "runs_on", "needs_approval"])
+    _mark_running(call)
     return Step("run", call_id=call.pk)
+
+
+def _mark_running(call: ToolCall) -> None:
+    """The call is about to run in this process: a sweep in another process knows whose it is."""
+    from chat import workers
+
+    call.status = ToolCall.Status.RUNNING
+    call.started_at = timezone.now()
+    call.worker_id = workers.WORKER_ID
+    call.save(update_fields=["status", "started_at", "worker_id"])
 
 
 def tool_run(*, call_id: uuid.UUID) -> tuple[Any, bool]:
@@ -351,47 +378,68 @@ def tool_run(*, call_id: uuid.UUID) -> tuple[Any, bool]:
         return {"error": str(exc)}, True
 
 
-def tool_call_complete(*, call_id: uuid.UUID, output: Any, is_error: bool) -> None:
+def _lock_call(call_id: uuid.UUID) -> ToolCall | None:
+    """Lock the call's session, then the call. Call inside transaction.atomic."""
+    session_id = ToolCall.objects.filter(pk=call_id).values_list("session_id", flat=True).first()
+    if session_id is None:
+        return None
+    session_lock(session_id)
+    return ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent").filter(pk=call_id).first()
+
+
+def tool_call_complete(*, call_id: uuid.UUID, output: Any, is_error: bool) -> Step:
+    """Store a server tool's result, and take the turn's next step in the same transaction."""
     with transaction.atomic():
-        call = ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent").get(pk=call_id)
-        if call.status != ToolCall.Status.RUNNING:
-            return
+        call = _lock_call(call_id)
+        if call is None or call.status != ToolCall.Status.RUNNING:
+            return Step("done")  # ended meanwhile (a sweep took it for lost): that step went on from there
         _record_result(call, output, is_error=is_error)
+        return _advance(call.reply_id)
 
 
-def tool_call_fail(*, call_id: uuid.UUID, reason: str) -> None:
-    """End a call that could not finish (its result could not be saved, or its process died)."""
+def tool_call_fail(*, call_id: uuid.UUID, reason: str) -> Step:
+    """End a call that could not finish (its result could not be saved, or its process died); the turn goes on."""
     with transaction.atomic():
-        call = ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent").filter(pk=call_id).first()
-        if call is None or call.status in (ToolCall.Status.DONE, ToolCall.Status.FAILED, ToolCall.Status.REJECTED):
-            return
-        call.status = ToolCall.Status.RUNNING
+        call = _lock_call(call_id)
+        if call is None or call.status in ENDED:
+            return Step("done")
         _record_result(call, {"error": reason}, is_error=True)
+        return _advance(call.reply_id)
 
 
 STALLED_AFTER_SECONDS = 30
+# A tool running this long in a live process is stuck past every timeout of its own.
 RUNNING_LOST_AFTER_SECONDS = 600
 
 
-def stalled_replies() -> list[uuid.UUID]:
-    """Replies whose calls nobody moves on (the process that should died): to be advanced again.
+def lost_calls() -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Calls `running` in a dead process, or far longer than any tool takes: their result is lost.
 
-    Calls still `requested` or `approved` a while after they were made are advanced again (each
-    step locks what it moves, so a second driver does no harm); a call `running` far longer than
-    any tool takes lost its process and fails, so the turn can go on.
+    To be ended with `tool_call_fail` (saying so), so the turn can go on. (call id, reply id) pairs.
     """
-    now = timezone.now()
-    lost = list(
-        ToolCall.objects.filter(
-            status=ToolCall.Status.RUNNING, created_at__lt=now - timezone.timedelta(seconds=RUNNING_LOST_AFTER_SECONDS)
-        ).values_list("pk", flat=True)[:100]
-    )
-    for call_id in lost:
-        tool_call_fail(call_id=call_id, reason="The server stopped while this tool ran; it may or may not have finished.")
+    from chat import workers
+
+    running = list(ToolCall.objects.filter(status=ToolCall.Status.RUNNING).values_list("pk", "reply_id", "worker_id", "started_at")[:200])
+    if not running:
+        return []
+    dead = workers.dead_worker_ids({worker_id for _, _, worker_id, _ in running})
+    lost_before = timezone.now() - timezone.timedelta(seconds=RUNNING_LOST_AFTER_SECONDS)
+    return [
+        (call_id, reply_id) for call_id, reply_id, worker_id, started_at in running
+        if worker_id in dead or (started_at is not None and started_at < lost_before)
+    ]
+
+
+def stalled_replies() -> list[uuid.UUID]:
+    """Replies with calls still `requested` a while after the model made them: nobody moves them on.
+
+    (Their process died between the reply's end and its first step.) To be advanced again;
+    each step locks what it moves, so a second driver does no harm.
+    """
     return list(
         ToolCall.objects.filter(
             status__in=[ToolCall.Status.REQUESTED, ToolCall.Status.APPROVED],
-            created_at__lt=now - timezone.timedelta(seconds=STALLED_AFTER_SECONDS),
+            created_at__lt=timezone.now() - timezone.timedelta(seconds=STALLED_AFTER_SECONDS),
         )
         .order_by()  # no Meta ordering: DISTINCT must be over reply ids alone
         .values_list("reply_id", flat=True)
@@ -399,28 +447,81 @@ def stalled_replies() -> list[uuid.UUID]:
     )
 
 
+def turn_admit(*, session: ChatSession) -> bool:
+    """Make way for a new user turn, or raise Busy while the session's turn is not over.
+
+    Not over: a tool about to run or running, or a plan running. What waits for the user
+    (approvals, client tool calls, proposed plans) is answered by the new message instead: it
+    ends `superseded`, unrun, and its reply's turn ends without a continuation. The session row
+    must be locked (see `services.session_lock`). Two queries when nothing is open. True when
+    it added messages (the caller's copy of the session's `seq` is then stale).
+    """
+    from chat.exceptions import Busy
+
+    calls = list(ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent").filter(session=session).exclude(status__in=ENDED))
+    if any(c.status in (ToolCall.Status.REQUESTED, ToolCall.Status.APPROVED, ToolCall.Status.RUNNING) for c in calls):
+        raise Busy("A tool is still running in this session; wait for the answer.")
+    plans = list(Plan.objects.select_for_update(of=("self",)).filter(session=session, status__in=[Plan.Status.PENDING, Plan.Status.RUNNING]))
+    if any(p.status == Plan.Status.RUNNING for p in plans):
+        raise Busy("A plan is running in this session; wait for its last step.")
+    now = timezone.now()
+    for call in calls:
+        if call.status == ToolCall.Status.AWAITING_APPROVAL:
+            approval = Approval.objects.select_for_update(of=("self",)).filter(tool_call=call).first()
+            if approval is not None and approval.status == Approval.Status.PENDING:
+                approval.status, approval.decided_at = Approval.Status.SUPERSEDED, now
+                approval.save(update_fields=["status", "decided_at"])
+                _update_metadata(approval.message_id, status=approval.status)
+        _record_result(
+            call, {"error": "Not run: the user sent a new message instead.", "superseded": True},
+            is_error=True, status=ToolCall.Status.SUPERSEDED,
+        )
+    for plan in plans:
+        plan.status, plan.decided_at = Plan.Status.SUPERSEDED, now
+        plan.save(update_fields=["status", "decided_at"])
+        _update_metadata(plan.message_id, status=plan.status)
+    reply_ids = {call.reply_id for call in calls} | {plan.reply_id for plan in plans}
+    if reply_ids:
+        for reply in Message.objects.select_for_update(of=("self",)).filter(pk__in=reply_ids):
+            reply.metadata = {**reply.metadata, "continued": True}
+            reply.save(update_fields=["metadata"])
+    return bool(calls)
+
+
 # Decisions from the client or a person ------------------------------------------------------
 
 
-def _spawn_advance(reply_id: uuid.UUID) -> None:
+def _lock_own_session(user: Any, session_id: uuid.UUID) -> ChatSession:
+    """Lock the user's session; another user's is not found, like a missing one."""
+    session = session_lock(session_id)
+    if session.owner_id != user.pk:
+        raise NotFound("Session not found.")
+    return session
+
+
+def _go_on(reply_id: uuid.UUID) -> None:
+    """Take the turn's next step in this transaction; after commit, drive it (run a tool, stream a reply)."""
     from chat import streaming, turns
 
-    transaction.on_commit(lambda: streaming.spawn(turns.advance(reply_id)))
+    step = _advance(reply_id)
+    if step.action in ("run", "continue"):
+        transaction.on_commit(lambda: streaming.spawn(turns.advance(reply_id, step)))
 
 
 def tool_result_submit(*, user: Any, session_id: uuid.UUID, tool_call_id: uuid.UUID, output: Any, is_error: bool) -> None:
     """The client's answer to a `tool.call`. Once only; unknown or foreign ids are not found."""
     with transaction.atomic():
+        _lock_own_session(user, session_id)
         call = (
             ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent")
-            .filter(pk=tool_call_id, session_id=session_id, session__owner=user).first()
+            .filter(pk=tool_call_id, session_id=session_id).first()
         )
         if call is None:
             raise NotFound("Tool call not found.")
         if call.status != ToolCall.Status.AWAITING_CLIENT:
             raise AlreadyDecided(f"This tool call is not waiting for a result (it is {call.status}).")
         _record_result(call, output, is_error=is_error)
-        _spawn_advance(call.reply_id)
+        _go_on(call.reply_id)
 
 
 def approval_decide(*, user: Any, session_id: uuid.UUID, approval_id: uuid.UUID, decision: str, comment: str) -> None:
@@ -428,9 +529,10 @@ def approval_decide(*, user: Any, session_id: uuid.UUID, approval_id: uuid.UUID,
     if decision not in ("approve", "reject"):
         raise InvalidInput('decision must be "approve" or "reject".')
     with transaction.atomic():
+        _lock_own_session(user, session_id)
         approval = (
             Approval.objects.select_for_update(of=("self",)).select_related("tool_call")
-            .filter(pk=approval_id, session_id=session_id, session__owner=user).first()
+            .filter(pk=approval_id, session_id=session_id).first()
         )
         if approval is None:
             raise NotFound("Approval not found.")
@@ -448,8 +550,8 @@ def approval_decide(*, user: Any, session_id: uuid.UUID, approval_id: uuid.UUID,
         else:
             call.status = ToolCall.Status.REJECTED
             reason = "A person rejected this call" + (f": {comment}" if comment else ".")
-            _record_result(call, {"error": reason, "rejected": True}, is_error=True)
-        _spawn_advance(call.reply_id)
+            _record_result(call, {"error": reason, "rejected": True}, is_error=True, status=ToolCall.Status.REJECTED)
+        _go_on(call.reply_id)
 
 
 def plan_decide(*, user: Any, session_id: uuid.UUID, plan_id: uuid.UUID, decision: str, comment: str) -> None:
@@ -457,9 +559,10 @@ def plan_decide(*, user: Any, session_id: uuid.UUID, plan_id: uuid.UUID, decisio
     if decision not in ("approve", "reject"):
         raise InvalidInput('decision must be "approve" or "reject".')
     with transaction.atomic():
+        _lock_own_session(user, session_id)
         plan = (
             Plan.objects.select_for_update(of=("self",)).select_related("reply", "session")
-            .filter(pk=plan_id, session_id=session_id, session__owner=user).first()
+            .filter(pk=plan_id, session_id=session_id).first()
         )
         if plan is None:
             raise NotFound("Plan not found.")
@@ -475,8 +578,10 @@ def plan_decide(*, user: Any, session_id: uuid.UUID, plan_id: uuid.UUID, decisio
                 reply_to=plan.reply.reply_to, content="Understood: I will not carry out that plan.",
             )
             return
-        plan.status = Plan.Status.RUNNING
-        plan.save(update_fields=["status", "comment", "decided_by", "decided_at"])
+        from chat import workers
+
+        plan.status, plan.worker_id = Plan.Status.RUNNING, workers.WORKER_ID
+        plan.save(update_fields=["status", "comment", "decided_by", "decided_at", "worker_id"])
         _update_metadata(plan.message_id, status=plan.status, comment=comment)
         from chat import streaming, turns
 
@@ -484,11 +589,33 @@ def plan_decide(*, user: Any, session_id: uuid.UUID, plan_id: uuid.UUID, decisio
         transaction.on_commit(lambda: streaming.spawn(turns.run_plan(pid)))
 
 
-def plan_step_start(*, plan_id: uuid.UUID) -> uuid.UUID | None:
-    """Start the plan's next step as a streaming reply by the step's agent; None when the plan has ended."""
+def plan_step_next(*, plan_id: uuid.UUID) -> uuid.UUID | None:
+    """Start the plan's next step as a streaming reply by its agent; None when there is nothing to run here.
+
+    Ends the plan `done` after its last step and `failed` when a step did not complete. A plan
+    driven by another live process is left to it; one whose driver died is taken over.
+    Locks the session, then the plan.
+    """
+    from chat import workers
+
+    session_id = Plan.objects.filter(pk=plan_id).values_list("session_id", flat=True).first()
+    if session_id is None:
+        return None
     with transaction.atomic():
-        plan = Plan.objects.select_for_update(of=("self",)).select_related("session", "reply").filter(pk=plan_id).first()
-        if plan is None or plan.status != Plan.Status.RUNNING or plan.current_step >= len(plan.steps):
+        session_lock(session_id)
+        plan = Plan.objects.select_for_update(of=("self",)).select_related("session", "reply", "step_message").filter(pk=plan_id).first()
+        if plan is None or plan.status != Plan.Status.RUNNING:
+            return None
+        if plan.worker_id != workers.WORKER_ID and plan.worker_id not in workers.dead_worker_ids({plan.worker_id}):
+            return None  # its driver is alive elsewhere
+        step_reply = plan.step_message
+        if step_reply is not None and step_reply.status == Message.Status.STREAMING:
+            return None  # still being written; its end (or the interrupted sweep) moves the plan on
+        if step_reply is not None and step_reply.status != Message.Status.COMPLETE:
+            _plan_end(plan, Plan.Status.FAILED)
+            return None
+        if plan.current_step >= len(plan.steps):
+            _plan_end(plan, Plan.Status.DONE)
             return None
         index = plan.current_step
         step = plan.steps[index]
@@ -497,16 +624,21 @@ def plan_step_start(*, plan_id: uuid.UUID) -> uuid.UUID | None:
             plan.session, agent=agent, reply_to=plan.reply.reply_to,
             context={"plan_id": str(plan.pk), "step": index + 1, "steps": len(plan.steps), "instruction": step["instruction"]},
         )
-        plan.current_step = index + 1
-        plan.save(update_fields=["current_step"])
+        plan.current_step, plan.step_message, plan.worker_id = index + 1, message, workers.WORKER_ID
+        plan.save(update_fields=["current_step", "step_message", "worker_id"])
         return message.pk
 
 
-def plan_finish(*, plan_id: uuid.UUID, status: str) -> None:
-    with transaction.atomic():
-        plan = Plan.objects.select_for_update(of=("self",)).filter(pk=plan_id).first()
-        if plan is None or plan.status != Plan.Status.RUNNING:
-            return
-        plan.status = status
-        plan.save(update_fields=["status"])
-        _update_metadata(plan.message_id, status=status)
+def _plan_end(plan: Plan, status: str) -> None:
+    plan.status, plan.worker_id = status, ""
+    plan.save(update_fields=["status", "worker_id"])
+    _update_metadata(plan.message_id, status=status)
+
+
+def stalled_plans() -> list[uuid.UUID]:
+    """Running plans whose driving process is dead: to be taken over (see `plan_step_next`)."""
+    from chat import workers
+
+    running = list(Plan.objects.filter(status=Plan.Status.RUNNING).values_list("pk", "worker_id")[:100])
+    dead = workers.dead_worker_ids({worker_id for _, worker_id in running}) if running else set()
+    return [plan_id for plan_id, worker_id in running if worker_id in dead]

@@ -146,6 +146,7 @@ class ToolCall(models.Model):
         DONE = "done"
         FAILED = "failed"  # invalid arguments, unknown tool, or the tool raised
         REJECTED = "rejected"  # a human said no; it never ran
+        SUPERSEDED = "superseded"  # the user sent a new message instead of answering; it never ran
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     session = models.ForeignKey("sessions_app.ChatSession", on_delete=models.CASCADE, related_name="tool_calls")
@@ -164,6 +165,10 @@ class ToolCall(models.Model):
     output = models.JSONField(null=True, blank=True)
     is_error = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # When a server tool began to run, and in which process (see chat.workers): a call
+    # `running` in a dead process lost its result.
+    started_at = models.DateTimeField(null=True, blank=True)
+    worker_id = models.CharField(max_length=64, blank=True, default="")
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -179,6 +184,7 @@ class Approval(models.Model):
         PENDING = "pending"
         APPROVED = "approved"
         REJECTED = "rejected"
+        SUPERSEDED = "superseded"  # the user sent a new message instead of deciding
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     session = models.ForeignKey("sessions_app.ChatSession", on_delete=models.CASCADE, related_name="approvals")
@@ -202,6 +208,7 @@ class Plan(models.Model):
         RUNNING = "running"
         DONE = "done"
         FAILED = "failed"
+        SUPERSEDED = "superseded"  # the user sent a new message instead of deciding
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     session = models.ForeignKey("sessions_app.ChatSession", on_delete=models.CASCADE, related_name="plans")
@@ -211,6 +218,9 @@ class Plan(models.Model):
     steps = models.JSONField(default=list)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     current_step = models.PositiveSmallIntegerField(default=0)
+    # While running: the reply of the step under way, and the process driving the plan.
+    step_message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    worker_id = models.CharField(max_length=64, blank=True, default="")
     comment = models.TextField(blank=True, default="")
     decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -138,7 +138,7 @@ class Turn:
     messages: list[Message] = field(default_factory=list)
 
 
-def _lock_session(session_id: uuid.UUID) -> ChatSession:
+def session_lock(session_id: uuid.UUID) -> ChatSession:
     """Locks the session row; call inside transaction.atomic. NotFound when it was deleted meanwhile."""
     session = ChatSession.objects.select_for_update(of=("self",)).select_related("agent").filter(pk=session_id).first()
     if session is None:
@@ -147,7 +147,7 @@ def _lock_session(session_id: uuid.UUID) -> ChatSession:
 
 
 def allocate_seq(session: ChatSession, count: int = 1) -> int:
-    """The first of `count` new seqs. The session row must be locked (see `_lock_session`)."""
+    """The first of `count` new seqs. The session row must be locked (see `session_lock`)."""
     first = session.seq + 1
     session.seq += count
     return first
@@ -171,14 +171,20 @@ def turn_start(
     content = validate_content(content)
     client_id = validate_client_id(client_id)
     with transaction.atomic():
-        locked = _lock_session(session.pk)
+        locked = session_lock(session.pk)
         if client_id is not None:
             existing = Message.objects.filter(session=locked, client_id=client_id).select_related("agent").first()
             if existing is not None:
                 replies = list(Message.objects.filter(reply_to=existing).select_related("agent").order_by("seq"))
                 return Turn(user_message=existing, reply=replies[0] if replies else None, created=False, messages=[existing, *replies])
-        if reply and Message.objects.filter(session=locked, status=Message.Status.STREAMING).exists():
-            raise Busy("A reply is already running in this session; wait for it or cancel it.")
+        if reply:
+            from chat import agentic
+
+            if Message.objects.filter(session=locked, status=Message.Status.STREAMING).exists():
+                raise Busy("A reply is already running in this session; wait for it or cancel it.")
+            # Busy while a tool or plan runs; what waits for the user is superseded by this message.
+            if agentic.turn_admit(session=locked):
+                locked.refresh_from_db(fields=["seq"])
         agent = reply_agent_for(session=locked, content=content) if reply else None
         now = timezone.now()
         first = allocate_seq(locked, 2 if reply else 1)
@@ -259,6 +265,9 @@ def reply_finish(
     """
     now = timezone.now()
     with transaction.atomic():
+        # The session first, as every step of a turn (see chat.agentic): its tool calls are recorded here.
+        if not ChatSession.objects.select_for_update(of=("self",)).filter(messages__pk=message_id).exists():
+            return None
         message = Message.objects.select_for_update(of=("self",)).select_related("agent", "session").filter(pk=message_id).first()
         if message is None:
             return None

@@ -48,20 +48,25 @@ def _run_tool_in_thread(call_id: uuid.UUID) -> tuple[Any, bool]:
         close_old_connections()
 
 
-async def advance(reply_id: uuid.UUID) -> None:
-    """Drive the reply's tool calls on until they wait for someone, then continue the turn."""
+async def advance(reply_id: uuid.UUID, step: Any = None) -> None:
+    """Drive the reply's tool calls on until they wait for someone, then continue the turn.
+
+    `step` is a step already taken (and committed) by the caller, to be driven from here.
+    """
     from chat import agentic, streaming
 
     while True:
-        step = await database_sync_to_async(agentic.advance_step)(reply_id=reply_id)
+        if step is None:
+            step = await database_sync_to_async(agentic.advance_step)(reply_id=reply_id)
         if step.action == "run":
+            call_id = step.call_id
             # Tools may be slow (network): they run on a worker thread, not the shared DB thread.
-            output, is_error = await sync_to_async(_run_tool_in_thread, thread_sensitive=False)(step.call_id)
+            output, is_error = await sync_to_async(_run_tool_in_thread, thread_sensitive=False)(call_id)
             try:
-                await database_sync_to_async(agentic.tool_call_complete)(call_id=step.call_id, output=output, is_error=is_error)
+                step = await database_sync_to_async(agentic.tool_call_complete)(call_id=call_id, output=output, is_error=is_error)
             except Exception:
-                logger.exception("Saving the result of tool call %s failed", step.call_id)
-                await database_sync_to_async(agentic.tool_call_fail)(call_id=step.call_id, reason="The result could not be saved.")
+                logger.exception("Saving the result of tool call %s failed", call_id)
+                step = await database_sync_to_async(agentic.tool_call_fail)(call_id=call_id, reason="The result could not be saved.")
             continue
         if step.action == "continue" and step.message_id is not None:
             await streaming.run_reply(step.message_id)
@@ -73,24 +78,16 @@ async def after_reply(message_id: uuid.UUID, status: str, had_tool_calls: bool) 
         await advance(message_id)
 
 
-def _status_of(message_id: uuid.UUID) -> str | None:
-    from chat.models import Message
-
-    return Message.objects.filter(pk=message_id).values_list("status", flat=True).first()
-
-
 async def run_plan(plan_id: uuid.UUID) -> None:
-    """Run an approved plan's steps in order, each a reply by its agent; stop at the first that fails."""
+    """Run an approved plan's steps in order, each a reply by its agent; the plan ends at the first that fails.
+
+    Safe to call for a plan whose driver died (see `agentic.stalled_plans`): each step is
+    decided under the plan's lock, and a plan driven by a live process is left to it.
+    """
     from chat import agentic, streaming
-    from chat.models import Message, Plan
 
     while True:
-        message_id = await database_sync_to_async(agentic.plan_step_start)(plan_id=plan_id)
+        message_id = await database_sync_to_async(agentic.plan_step_next)(plan_id=plan_id)
         if message_id is None:
-            await database_sync_to_async(agentic.plan_finish)(plan_id=plan_id, status=Plan.Status.DONE)
             return
         await streaming.run_reply(message_id)
-        status = await database_sync_to_async(_status_of)(message_id)
-        if status != Message.Status.COMPLETE:
-            await database_sync_to_async(agentic.plan_finish)(plan_id=plan_id, status=Plan.Status.FAILED)
-            return

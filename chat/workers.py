@@ -5,7 +5,10 @@ with a heartbeat, and its own channel on the layer (for cancel and catch-up requ
 sockets held by other processes). A reply whose process is dead is marked `interrupted`.
 
 A process is dead when its heartbeat is older than WORKER_TIMEOUT, or, on this host, as soon
-as its pid is gone (so a restart right after a crash finds its replies at once).
+as its pid is gone or is this process's own (so a restart right after a crash, even in a
+container that comes back with the same pid, finds its replies at once). Processes that share
+a hostname must share a pid namespace too (not containers with the host's network but their
+own pids): there, use distinct hostnames.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ def dead_worker_ids(worker_ids: set[str]) -> set[str]:
     fresh = {row[0]: row for row in Worker.objects.filter(pk__in=others, heartbeat_at__gte=cutoff).values_list("pk", "hostname", "pid")}
     for worker_id in others:
         row = fresh.get(worker_id)
-        if row is None or (row[1] == HOSTNAME and not _pid_alive(row[2])):
+        if row is None or (row[1] == HOSTNAME and (row[2] == os.getpid() or not _pid_alive(row[2]))):
+            # Our host and our pid, yet not our id: an earlier life of this process slot (a
+            # container restarted with the same hostname and pid 1). Its replies are orphans.
             dead.add(worker_id)
     return dead
 
@@ -209,10 +214,19 @@ class _Process:
             logger.warning("Could not remove this process from the worker list", exc_info=True)
 
     async def _resume_stalled_turns(self) -> None:
+        """Pick up turns a dead process left half-way: lost tool calls, unmoved calls, running plans."""
         from chat import agentic, streaming, turns
 
+        for call_id, reply_id in await database_sync_to_async(agentic.lost_calls)():
+            step = await database_sync_to_async(agentic.tool_call_fail)(
+                call_id=call_id, reason="The server stopped while this tool ran; it may or may not have finished."
+            )
+            if step.action in ("run", "continue"):
+                streaming.spawn(turns.advance(reply_id, step))
         for reply_id in await database_sync_to_async(agentic.stalled_replies)():
             streaming.spawn(turns.advance(reply_id))
+        for plan_id in await database_sync_to_async(agentic.stalled_plans)():
+            streaming.spawn(turns.run_plan(plan_id))
 
     async def _listen(self, layer, channel: str) -> None:  # type: ignore[no-untyped-def]
         from chat import streaming

@@ -34,8 +34,11 @@ def session_create(
     return session
 
 
-def session_update(*, session: ChatSession, title: object = _UNSET, mode: object = _UNSET, agent: object = _UNSET) -> ChatSession:
-    """Edit title, mode or agent; broadcasts `session.updated` (and `agent.switched` when the agent changes)."""
+def session_update(
+    *, session: ChatSession, title: object = _UNSET, mode: object = _UNSET, agent: object = _UNSET, announce_switch: bool = False
+) -> ChatSession:
+    """Edit title, mode or agent; broadcasts `session.updated`, and `agent.switched` when the agent
+    changes (or always, with `announce_switch`: a `switch_agent` frame is always answered)."""
     fields: list[str] = []
     agent_changed = False
     if title is not _UNSET:
@@ -59,7 +62,7 @@ def session_update(*, session: ChatSession, title: object = _UNSET, mode: object
         session.save(update_fields=fields)
         data = session_data(session)
         events.broadcast_on_commit(session.pk, events.session_updated(data))
-        if agent_changed:
+        if agent_changed or announce_switch:
             events.broadcast_on_commit(session.pk, events.agent_switched(data))
     return session
 
@@ -72,6 +75,8 @@ def session_delete(*, session: ChatSession) -> None:
     # Read before the delete: afterwards nothing says which process generates them.
     running = list(Message.objects.filter(session=session, status=Message.Status.STREAMING).values_list("pk", "worker_id"))
     with transaction.atomic():
+        # The session row first, as every step of a turn locks it (chat.agentic): no deadlock with a reply ending.
+        ChatSession.objects.select_for_update().filter(pk=session_id).exists()
         session.delete()
         events.broadcast_on_commit(session_id, events.session_deleted(session_id))
     for message_id, worker_id in running:

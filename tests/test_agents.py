@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import uuid
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 
+from chat import workers
 from chat.models import Approval, Message, Plan, ToolCall
 from sessions_app.models import ChatSession
 from sessions_app.services import session_create
@@ -196,6 +199,9 @@ async def test_switch_agent_in_direct_mode(user, token):  # type: ignore[no-unty
     assert frames[-1]["message"]["agent"] == "coder"  # direct mode: no routing
     await send(tab1, {"type": "switch_agent", "agent": "nobody"})
     assert (await frames_until(tab1, "error"))[-1]["code"] == "agent_not_found"
+    # Switching to the agent already answering is confirmed too.
+    await send(tab1, {"type": "switch_agent", "agent": "coder"})
+    assert (await frames_until(tab1, "agent.switched"))[-1]["session"]["agent"] == "coder"
     await tab1.disconnect()
     await tab2.disconnect()
 
@@ -260,6 +266,139 @@ async def test_decisions_on_unknown_foreign_or_decided_ids_are_refused(session, 
     assert (await frames_until(comm, "error"))[-1]["code"] == "already_decided"
     assert (await db(lambda: Approval.objects.get(pk=request["approval_id"]))).status == "rejected"
     assert webhook.bodies == []
+    await comm.disconnect()
+
+
+async def _wait_received(webhook: Any) -> None:
+    for _ in range(200):
+        if webhook.received.is_set():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the webhook got nothing")
+
+
+async def test_a_new_message_while_a_tool_runs_is_busy_and_saves_nothing(session, token, webhook):  # type: ignore[no-untyped-def]
+    webhook.gate = threading.Event()
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": f'/tool webhook_post {{"url": "{webhook.url}"}}'})
+    request = (await frames_until(comm, "approval.requested"))[-1]
+    await send(comm, {"type": "hitl_decision", "approval_id": request["approval_id"], "decision": "approve"})
+    await _wait_received(webhook)  # the tool runs now; no reply streams
+    count = await db(lambda: Message.objects.filter(session=session).count())
+    await send(comm, {"type": "user_message", "content": "are you done?", "request_id": "r1"})
+    error = (await frames_until(comm, "error"))[-1]
+    assert (error["code"], error["request_id"]) == ("busy", "r1")
+    assert await db(lambda: Message.objects.filter(session=session).count()) == count
+    webhook.gate.set()
+    answer = (await frames_until(comm, "message.completed", where=lambda f: f["message"]["type"] == "text"))[-1]["message"]
+    assert '"status": 200' in answer["content"]
+    await send(comm, {"type": "user_message", "content": "thanks"})
+    assert (await frames_until(comm, "message.completed"))[-1]["message"]["status"] == "complete"
+    await comm.disconnect()
+
+
+async def test_a_new_message_instead_of_a_decision_supersedes_the_approval(session, token, webhook):  # type: ignore[no-untyped-def]
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": f'/tool webhook_post {{"url": "{webhook.url}"}}'})
+    request = (await frames_until(comm, "approval.requested"))[-1]
+    await send(comm, {"type": "user_message", "content": "never mind, just say hello"})
+    frames = await frames_until(comm, "message.completed", where=lambda f: f["message"]["type"] == "text")
+    closed = [f["message"] for f in frames if f["type"] == "message.completed" and f["message"]["type"] == "approval"]
+    assert closed and closed[-1]["metadata"]["status"] == "superseded"
+    result = created(frames, "tool_result")[-1]
+    assert result["metadata"]["is_error"] is True and "new message" in result["content"]
+    answer = frames[-1]["message"]
+    assert "never mind" in answer["content"]
+    # A late decision changes nothing: the call never runs, and no continuation of the old turn follows.
+    await send(comm, {"type": "hitl_decision", "approval_id": request["approval_id"], "decision": "approve"})
+    assert (await frames_until(comm, "error"))[-1]["code"] == "already_decided"
+    await send(comm, {"type": "resync"})
+    assert (await frames_until(comm, "session.ready"))[-1]["pending"] == []
+    assert webhook.bodies == []
+    call = await db(lambda: ToolCall.objects.get(session=session))
+    assert call.status == "superseded"
+    assert (await db(lambda: Approval.objects.get(pk=request["approval_id"]))).status == "superseded"
+    texts = await db(lambda: list(Message.objects.filter(session=session, role="assistant", type="text").values_list("content", flat=True)))
+    assert len(texts) == 2 and not any(t.startswith("Here is what the tools said") for t in texts)
+    await comm.disconnect()
+
+
+async def test_a_new_message_instead_of_a_plan_decision_supersedes_the_plan(session, token):  # type: ignore[no-untyped-def]
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": "/plan step one; step two"})
+    plan = (await frames_until(comm, "plan.proposed"))[-1]
+    await send(comm, {"type": "user_message", "content": "no plan, thanks"})
+    await frames_until(comm, "message.completed", where=lambda f: f["message"]["type"] == "text" and "no plan" in f["message"]["content"])
+    await send(comm, {"type": "plan_decision", "plan_id": plan["plan_id"], "decision": "approve"})
+    assert (await frames_until(comm, "error"))[-1]["code"] == "already_decided"
+    assert (await db(lambda: Plan.objects.get(pk=plan["plan_id"]))).status == "superseded"
+    assert not await db(lambda: Message.objects.filter(session=session, content__startswith="Step ").exists())
+    await comm.disconnect()
+
+
+async def test_an_approval_decided_long_after_the_call_runs_once_and_keeps_its_result(session, token, webhook):  # type: ignore[no-untyped-def]
+    """The call was made 20 minutes before the approval: the sweep must not take its run for lost."""
+    from django.utils import timezone
+
+    webhook.gate = threading.Event()
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": f'/tool webhook_post {{"url": "{webhook.url}", "payload": {{"late": true}}}}'})
+    request = (await frames_until(comm, "approval.requested"))[-1]
+    await db(lambda: ToolCall.objects.filter(session=session).update(created_at=timezone.now() - timezone.timedelta(minutes=20)))
+    await send(comm, {"type": "hitl_decision", "approval_id": request["approval_id"], "decision": "approve"})
+    await _wait_received(webhook)
+    await workers.process._resume_stalled_turns()  # a heartbeat's sweep while the tool runs
+    webhook.gate.set()
+    answer = (await frames_until(comm, "message.completed", where=lambda f: f["message"]["type"] == "text"))[-1]["message"]
+    assert '"status": 200' in answer["content"]
+    call = await db(lambda: ToolCall.objects.get(session=session))
+    assert call.status == "done" and call.output["status"] == 200
+    assert webhook.bodies == [{"late": True}]
+    await comm.disconnect()
+
+
+async def test_a_running_plan_whose_process_died_is_taken_over(session, token):  # type: ignore[no-untyped-def]
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": "/plan research the topic; write python code for it"})
+    plan = (await frames_until(comm, "plan.proposed"))[-1]  # the turn's last frame
+    # As a process leaves it that approved the plan and died before its first step.
+    await db(lambda: Plan.objects.filter(pk=plan["plan_id"]).update(status="running", worker_id="gone-host-1-deadbeef"))
+    await workers.process._resume_stalled_turns()
+    await frames_until(comm, "message.completed", where=lambda f: f["message"]["content"].startswith("Step 2"))
+    stored = await db(lambda: Plan.objects.get(pk=plan["plan_id"]))
+    for _ in range(50):
+        if stored.status == "done":
+            break
+        await asyncio.sleep(0.02)
+        await database_sync_to_async(stored.refresh_from_db)()
+    assert (stored.status, stored.current_step) == ("done", 2)
+    steps = await db(lambda: list(Message.objects.filter(session=session, content__startswith="Step ").order_by("seq").values_list("content", flat=True)))
+    assert [s.split(" (")[0] for s in steps] == ["Step 1 of 2", "Step 2 of 2"]
+    await comm.disconnect()
+
+
+async def test_a_plan_whose_step_was_interrupted_ends_failed(session, token):  # type: ignore[no-untyped-def]
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": "/plan step one; step two"})
+    plan = (await frames_until(comm, "plan.proposed"))[-1]  # the turn's last frame
+    # As a dead process leaves it: the reply of its step under way was marked interrupted.
+    step = await db(lambda: Message.objects.filter(session=session, role="assistant").order_by("seq").last())
+    await db(lambda: Message.objects.filter(pk=step.pk).update(status="interrupted"))
+    await db(lambda: Plan.objects.filter(pk=plan["plan_id"]).update(
+        status="running", worker_id="gone-host-2-deadbeef", current_step=1, step_message_id=step.pk))
+    await workers.process._resume_stalled_turns()
+    for _ in range(100):
+        if (await db(lambda: Plan.objects.get(pk=plan["plan_id"]))).status != "running":
+            break
+        await asyncio.sleep(0.02)
+    assert (await db(lambda: Plan.objects.get(pk=plan["plan_id"]))).status == "failed"
+    assert not await db(lambda: Message.objects.filter(session=session, content__startswith="Step 2").exists())
     await comm.disconnect()
 
 

@@ -103,19 +103,29 @@ async def test_enormous_calculator_result_fails_the_call_and_the_turn_goes_on(se
 async def test_cookie_socket_from_another_port_is_refused(session, user, client):  # type: ignore[no-untyped-def]
     await database_sync_to_async(client.force_login)(user)
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    for origin, expected in ((b"http://localhost:6666", 4401), (b"https://localhost:8000", 4401), (b"null", 4401)):
-        comm = WebsocketCommunicator(
-            application, f"/ws/sessions/{session.pk}/", headers=[(b"cookie", cookie), (b"origin", origin), (b"host", b"localhost:8000")]
-        )
+    for origin, host in (
+        (b"http://localhost:6666", b"localhost:8000"),  # another port of the same host: another app
+        (b"http://evil.example", b"evil.example"),  # a host ALLOWED_HOSTS does not allow
+        (b"null", b"localhost:8000"),
+    ):
+        comm = WebsocketCommunicator(application, f"/ws/sessions/{session.pk}/", headers=[(b"cookie", cookie), (b"origin", origin), (b"host", host)])
         assert (await comm.connect())[0]
-        assert (await comm.receive_output())["code"] == expected
-    same = WebsocketCommunicator(
-        application, f"/ws/sessions/{session.pk}/",
-        headers=[(b"cookie", cookie), (b"origin", b"http://localhost:8000"), (b"host", b"localhost:8000")],
-    )
-    assert (await same.connect())[0]
-    assert (await next_frame(same))["type"] == "session.ready"
-    await same.disconnect()
+        assert (await comm.receive_output())["code"] == 4401, origin
+    for origin, host in ((b"http://localhost:8000", b"localhost:8000"), (b"https://127.0.0.1", b"127.0.0.1")):
+        # The second: an https page behind a proxy that ends TLS; the socket reaches us as ws.
+        same = WebsocketCommunicator(application, f"/ws/sessions/{session.pk}/", headers=[(b"cookie", cookie), (b"origin", origin), (b"host", host)])
+        assert (await same.connect())[0]
+        assert (await next_frame(same))["type"] == "session.ready", origin
+        await same.disconnect()
+
+
+def test_a_secure_socket_needs_an_https_origin() -> None:
+    from chat.auth import origin_allowed
+
+    assert origin_allowed("https://localhost", "localhost", "wss")
+    assert origin_allowed("https://localhost:443", "localhost", "wss")
+    assert not origin_allowed("http://localhost", "localhost", "wss")
+    assert not origin_allowed("https://localhost.evil.example", "localhost", "wss")
 
 
 @pytestmark_tx
@@ -234,6 +244,22 @@ async def test_tool_call_stranded_by_a_dead_process_is_resumed(session, user):  
     assert '"result": 42' in frames[-1]["message"]["content"]
     assert (await db(lambda: ToolCall.objects.get(pk=call.pk))).status == "done"
     assert await db(agentic.stalled_replies) == []
+    await comm.disconnect()
+
+
+@pytestmark_tx
+async def test_tool_call_running_in_a_dead_process_fails_and_the_turn_goes_on(session, user):  # type: ignore[no-untyped-def]
+    call = await db(_stranded_call, session)
+    await db(lambda: ToolCall.objects.filter(pk=call.pk).update(status="running", worker_id="gone-host-9-deadbeef", started_at=timezone.now()))
+    comm = await open_socket(session.pk, token=await db(token_for, user))
+    await next_frame(comm)
+    assert await db(agentic.lost_calls) == [(call.pk, call.reply_id)]
+    await workers.process._resume_stalled_turns()
+    frames = await frames_until(comm, "message.completed", where=lambda f: f["message"]["type"] == "text")
+    assert "server stopped while this tool ran" in frames[-1]["message"]["content"]
+    stored = await db(lambda: ToolCall.objects.get(pk=call.pk))
+    assert stored.status == "failed" and stored.is_error
+    assert await db(agentic.lost_calls) == []
     await comm.disconnect()
 
 

@@ -16,12 +16,19 @@ class WebhookReceiver:
 
     def __init__(self) -> None:
         self.bodies: list[Any] = []
+        # Set `gate` to an unset Event to hold every answer until it is set (a slow endpoint);
+        # `received` is set as soon as a body has arrived.
+        self.gate: threading.Event | None = None
+        self.received = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 receiver.bodies.append(json.loads(self.rfile.read(length) or b"null"))
+                receiver.received.set()
+                if receiver.gate is not None:
+                    receiver.gate.wait(timeout=30)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -35,6 +42,8 @@ class WebhookReceiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
         self.server.shutdown()
         self.server.server_close()
 
