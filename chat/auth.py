@@ -15,7 +15,7 @@ from channels.db import database_sync_to_async
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.http.request import validate_host
+from django.http.request import split_domain_port, validate_host
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -26,19 +26,30 @@ def _header(scope: dict, name: bytes) -> str | None:
 
 
 def origin_allowed(origin: str | None, host: str | None, scheme: str) -> bool:
-    """The Origin must be this very site (scheme, host and port, as Django's CSRF check wants) on an
-    allowed host, or be listed in CSRF_TRUSTED_ORIGINS."""
+    """The Origin must be this very site, on an allowed host, or be listed in CSRF_TRUSTED_ORIGINS.
+
+    This very site: the Origin's host and port are the request's `Host`, which ALLOWED_HOSTS
+    allows. Cookies are not scoped by port, so another port of the same host (another app) is
+    another site. The scheme is compared only on a `wss` socket (then the page must be https):
+    behind a proxy that ends TLS, the socket reaches us as `ws` from an https page.
+    """
     if not origin or origin == "null":
         return False
     if origin in settings.CSRF_TRUSTED_ORIGINS:
         return True
-    if not host or not validate_host(host.rsplit(":", 1)[0] if not host.endswith("]") else host, settings.ALLOWED_HOSTS):
+    if not host or not validate_host(split_domain_port(host)[0], settings.ALLOWED_HOSTS):
         return False
     parsed = urlparse(origin)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         return False
-    expected_scheme = "https" if scheme in ("wss", "https") else "http"
-    return parsed.scheme == expected_scheme and parsed.netloc.lower() == host.lower()
+    if scheme == "wss" and parsed.scheme != "https":
+        return False
+    return _with_default_port(parsed.netloc, parsed.scheme) == _with_default_port(host, "https" if scheme == "wss" else parsed.scheme)
+
+
+def _with_default_port(netloc: str, scheme: str) -> str:
+    domain, port = split_domain_port(netloc.lower())
+    return f"{domain}:{port or ('443' if scheme == 'https' else '80')}"
 
 
 @database_sync_to_async

@@ -75,7 +75,8 @@ def _switch_agent(user: Any, session_id: uuid.UUID, slug: str) -> None:
     session = session_selectors.session_get(user=user, session_id=session_id)
     services.agent_get_active(slug=slug)
     # The session goes on with that agent: in orchestrated mode the router would answer instead.
-    session_services.session_update(session=session, agent=slug, mode=ChatSession.Mode.DIRECT)
+    # `agent.switched` goes out even when the agent stays (only the mode changed): the sender is told.
+    session_services.session_update(session=session, agent=slug, mode=ChatSession.Mode.DIRECT, announce_switch=True)
 
 
 class TokenBucket:
@@ -186,12 +187,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         request_id = None
         try:
-            if not self.bucket.take():
-                raise ChatError("Too many frames; slow down.", code="rate_limited")
+            allowed = self.bucket.take()
             if text_data is None:
                 raise ChatError("Frames are JSON text, not binary.", code="invalid_json")
-            if len(text_data) > settings.CHAT["WS_MAX_FRAME_BYTES"]:
-                raise InvalidInput(f"Frame too large: at most {settings.CHAT['WS_MAX_FRAME_BYTES']} bytes.")
+            limit = settings.CHAT["WS_MAX_FRAME_BYTES"]
+            # Characters first (cheap); a frame under the limit in characters may still be over it in bytes.
+            if len(text_data) > limit or (len(text_data) * 4 > limit and len(text_data.encode("utf-8", "surrogatepass")) > limit):
+                raise InvalidInput(f"Frame too large: at most {limit} bytes.")
             try:
                 frame = json.loads(text_data)
             except (ValueError, RecursionError):
@@ -202,6 +204,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if request_id is not None and not (isinstance(request_id, (str, int)) and len(str(request_id)) <= 100):
                 request_id = None
                 raise InvalidInput("request_id must be a string or number of at most 100 characters.")
+            if not allowed:  # checked after parsing, so the error can carry the frame's request_id
+                raise ChatError("Too many frames; slow down.", code="rate_limited")
             kind = frame.get("type")
             if not isinstance(kind, str):
                 raise InvalidInput('"type" is required and must be a string.')

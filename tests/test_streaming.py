@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -240,13 +241,36 @@ async def test_binary_frame_and_flood_get_errors(session, token, settings):  # t
     await next_frame(comm)
     await comm.send_to(bytes_data=b"\x00\x01")
     assert (await next_frame(comm))["code"] == "invalid_json"
-    for _ in range(10):
-        await send(comm, {"type": "ping"})
-    codes = [(await next_frame(comm)).get("code") for _ in range(10)]
-    assert "rate_limited" in codes
+    for i in range(10):
+        await send(comm, {"type": "ping", "request_id": f"p{i}"})
+    answers = [await next_frame(comm) for _ in range(10)]
+    limited = [a for a in answers if a.get("code") == "rate_limited"]
+    assert limited and all(a["request_id"].startswith("p") for a in limited)
     await asyncio.sleep(1.1)
     await send(comm, {"type": "ping"})
     assert (await next_frame(comm))["type"] == "pong"
+    await comm.disconnect()
+
+
+async def test_a_frame_over_the_byte_limit_is_refused_even_under_it_in_characters(session, token, settings):  # type: ignore[no-untyped-def]
+    settings.CHAT = {**settings.CHAT, "WS_MAX_FRAME_BYTES": 4000}
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    frame = json.dumps({"type": "user_message", "content": "€" * 1500, "request_id": 9}, ensure_ascii=False)
+    assert len(frame) < 4000 < len(frame.encode())
+    await comm.send_to(text_data=frame)
+    error = await next_frame(comm)
+    assert (error["code"], "too large" in error["detail"]) == ("validation_error", True)
+    assert await db(lambda: Message.objects.filter(session=session).count()) == 0
+    await comm.disconnect()
+
+
+async def test_slow_command_takes_its_count_and_ignores_what_follows(session, token):  # type: ignore[no-untyped-def]
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": "/slow 3 and then some words"})
+    final = (await frames_until(comm, "message.completed"))[-1]["message"]
+    assert final["content"] == "chunk 1 chunk 2 chunk 3 "
     await comm.disconnect()
 
 
@@ -304,6 +328,22 @@ async def test_reply_of_dead_process_is_marked_interrupted_when_socket_opens(ses
     saved = await db(lambda: Message.objects.get(pk=orphan.pk))
     assert (saved.status, saved.content) == ("interrupted", "partial text")
     assert saved.error
+    await comm.disconnect()
+
+
+async def test_reply_of_an_earlier_life_of_this_process_slot_is_marked_at_once(session, token):  # type: ignore[no-untyped-def]
+    """A container restarted with the same hostname and pid: the old row's heartbeat is fresh, yet it is dead."""
+    import os
+
+    from chat import workers
+
+    orphan = await db(_orphan_reply, session, f"{workers.HOSTNAME[:40]}-{os.getpid()}-0ldl1fe0", 0)
+    await db(lambda: Worker.objects.filter(pk=orphan.worker_id).update(hostname=workers.HOSTNAME, pid=os.getpid()))
+    comm = await open_socket(session.pk, token=token)
+    ready = await next_frame(comm)
+    assert ready["active"] == []
+    saved = await db(lambda: Message.objects.get(pk=orphan.pk))
+    assert (saved.status, saved.content) == ("interrupted", "partial text")
     await comm.disconnect()
 
 

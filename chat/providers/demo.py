@@ -16,7 +16,8 @@ from django.conf import settings
 
 from chat.providers import ProviderError, ProviderEvent, ReplyContext
 
-_SLOW = re.compile(r"^/slow(?:\s+(\d+))?\s*$")
+# `/slow N` at the start of the message; what follows it is ignored, as for every command.
+_SLOW = re.compile(r"^/slow(?:\s+(\d+))?(?:\s|$)")
 _TOOL = re.compile(r"^/tool\s+([\w.-]+)\s*(.*)$", re.DOTALL)
 
 
@@ -74,7 +75,7 @@ class DemoProvider:
             return
         slow = _SLOW.match(prompt)
         if slow:
-            count = min(int(slow.group(1) or 30), 5000)
+            count = min(max(int(slow.group(1) or 30), 1), 5000)
             for i in range(1, count + 1):
                 await asyncio.sleep(settings.CHAT["DEMO_SLOW_DELAY"])
                 yield ProviderEvent("text", f"chunk {i} ")
