@@ -74,7 +74,7 @@ async def test_turn_queries_do_not_grow_with_history(user, monkeypatch, steady):
     with_small = await _turn_queries(counter, small, token, "hello")
     with_large = await _turn_queries(counter, large, token, "hello")
     assert with_small == with_large, (with_small, with_large)
-    assert 4 <= with_small <= 20
+    assert 4 <= with_small <= 18  # 17 on SQLite (its BEGINs counted): two transactions and their reads
 
 
 async def test_turn_queries_do_not_grow_with_deltas(user, monkeypatch, steady):  # type: ignore[no-untyped-def]
