@@ -215,6 +215,8 @@ class Step:
     action: str  # "run" (a server tool), "continue" (a continuation reply), "wait", "done"
     call_id: uuid.UUID | None = None
     message_id: uuid.UUID | None = None
+    # With "done": the plan whose step this reply was, to go on with its next step.
+    plan_id: uuid.UUID | None = None
 
 
 def advance_step(*, reply_id: uuid.UUID) -> Step:
@@ -255,10 +257,12 @@ def _advance(reply_id: uuid.UUID) -> Step:
         if call.status in (ToolCall.Status.AWAITING_APPROVAL, ToolCall.Status.AWAITING_CLIENT):
             waiting = True
             break
-    if waiting or not calls:
-        return Step("wait" if waiting else "done")
-    if reply.metadata.get("continued"):
-        return Step("done")
+    context = reply.metadata.get("context") if isinstance(reply.metadata.get("context"), dict) else {}
+    plan_id = _uuid_or_none(context.get("plan_id"))
+    if waiting:
+        return Step("wait")
+    if not calls or reply.metadata.get("continued"):
+        return Step("done", plan_id=plan_id)
     reply.metadata = {**reply.metadata, "continued": True}
     reply.save(update_fields=["metadata"])
     if any(c.name == "propose_plan" for c in calls):
@@ -268,15 +272,26 @@ def _advance(reply_id: uuid.UUID) -> Step:
             reply.session, role=Message.Role.ASSISTANT, type=Message.Type.TEXT, agent=reply.agent, reply_to=reply.reply_to,
             content=f"I stopped after {MAX_TOOL_ROUNDS} rounds of tool calls without an answer.",
         )
-        return Step("done")
+        return Step("done", plan_id=plan_id)
     results = [
         {"name": c.name, "output": c.output, "is_error": c.is_error, "status": c.status} for c in calls
     ]
+    # A plan step's continuation is still that step: it carries the plan, and the plan follows it.
+    step_context = {k: context[k] for k in ("plan_id", "step", "steps") if k in context}
     continuation = _start_reply(
         reply.session, agent=reply.agent, reply_to=reply.reply_to,
-        context={"continuation": True, "tool_results": results}, round=int(reply.metadata.get("round", 0)) + 1,
+        context={"continuation": True, "tool_results": results, **step_context}, round=int(reply.metadata.get("round", 0)) + 1,
     )
+    if plan_id is not None:
+        Plan.objects.filter(pk=plan_id, status=Plan.Status.RUNNING).update(step_message=continuation)
     return Step("continue", message_id=continuation.pk)
+
+
+def _uuid_or_none(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _start_reply(session: ChatSession, *, agent: Agent | None, reply_to: Message | None, context: dict[str, Any], round: int = 0) -> Message:
@@ -431,38 +446,54 @@ def lost_calls() -> list[tuple[uuid.UUID, uuid.UUID]]:
 
 
 def stalled_replies() -> list[uuid.UUID]:
-    """Replies with calls still `requested` a while after the model made them: nobody moves them on.
+    """Replies whose next call is still `requested` (or `approved`) a while after the model made it.
 
-    (Their process died between the reply's end and its first step.) To be advanced again;
-    each step locks what it moves, so a second driver does no harm.
+    Nobody moves them on: their process died between the reply's end and its first step. (Calls
+    queued behind one that waits for a person are not stalled.) To be advanced again; each step
+    locks what it moves, so a second driver does no harm. Oldest first.
     """
-    return list(
+    candidates = list(
         ToolCall.objects.filter(
             status__in=[ToolCall.Status.REQUESTED, ToolCall.Status.APPROVED],
             created_at__lt=timezone.now() - timezone.timedelta(seconds=STALLED_AFTER_SECONDS),
         )
-        .order_by()  # no Meta ordering: DISTINCT must be over reply ids alone
-        .values_list("reply_id", flat=True)
-        .distinct()[:100]
+        .order_by("created_at")
+        .values_list("reply_id", flat=True)[:300]
     )
+    replies = list(dict.fromkeys(candidates))[:100]
+    first_open: dict[uuid.UUID, str] = {}
+    for reply_id, status in ToolCall.objects.filter(reply_id__in=replies).exclude(status__in=ENDED).order_by("ordinal").values_list("reply_id", "status"):
+        first_open.setdefault(reply_id, status)
+    return [r for r in replies if first_open.get(r) in (ToolCall.Status.REQUESTED, ToolCall.Status.APPROVED)]
+
+
+WAITING = (ToolCall.Status.AWAITING_APPROVAL, ToolCall.Status.AWAITING_CLIENT)
+SUPERSEDED_OUTPUT = {"error": "Not run: the user sent a new message instead.", "superseded": True}
 
 
 def turn_admit(*, session: ChatSession) -> bool:
     """Make way for a new user turn, or raise Busy while the session's turn is not over.
 
-    Not over: a tool about to run or running, or a plan running. What waits for the user
-    (approvals, client tool calls, proposed plans) is answered by the new message instead: it
-    ends `superseded`, unrun, and its reply's turn ends without a continuation. The session row
-    must be locked (see `services.session_lock`). Two queries when nothing is open. True when
-    it added messages (the caller's copy of the session's `seq` is then stale).
+    Not over: a tool about to run or running, or a plan running, unless what the turn does now
+    is wait for the user. What waits for the user (an approval, a client tool call, a proposed
+    plan, and so a plan whose step waits) is answered by the new message instead: it ends
+    `superseded`, unrun, with the calls queued behind it, and its reply's turn ends without a
+    continuation. The session row must be locked (see `services.session_lock`). Two queries
+    when nothing is open. True when it added messages (the caller's copy of `seq` is stale).
     """
     from chat.exceptions import Busy
 
-    calls = list(ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent").filter(session=session).exclude(status__in=ENDED))
-    if any(c.status in (ToolCall.Status.REQUESTED, ToolCall.Status.APPROVED, ToolCall.Status.RUNNING) for c in calls):
+    calls = list(
+        ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent")
+        .filter(session=session).exclude(status__in=ENDED).order_by("reply_id", "ordinal")
+    )
+    first_open: dict[uuid.UUID, ToolCall] = {}
+    for call in calls:
+        first_open.setdefault(call.reply_id, call)
+    if any(call.status not in WAITING for call in first_open.values()):
         raise Busy("A tool is still running in this session; wait for the answer.")
     plans = list(Plan.objects.select_for_update(of=("self",)).filter(session=session, status__in=[Plan.Status.PENDING, Plan.Status.RUNNING]))
-    if any(p.status == Plan.Status.RUNNING for p in plans):
+    if any(p.status == Plan.Status.RUNNING for p in plans) and not calls:
         raise Busy("A plan is running in this session; wait for its last step.")
     now = timezone.now()
     for call in calls:
@@ -472,13 +503,15 @@ def turn_admit(*, session: ChatSession) -> bool:
                 approval.status, approval.decided_at = Approval.Status.SUPERSEDED, now
                 approval.save(update_fields=["status", "decided_at"])
                 _update_metadata(approval.message_id, status=approval.status)
-        _record_result(
-            call, {"error": "Not run: the user sent a new message instead.", "superseded": True},
-            is_error=True, status=ToolCall.Status.SUPERSEDED,
-        )
+        if call.message_id is None:
+            # Queued behind the waiting one, never shown: it ends without a card or a result message.
+            call.status, call.output, call.is_error, call.completed_at = ToolCall.Status.SUPERSEDED, SUPERSEDED_OUTPUT, True, now
+            call.save(update_fields=["status", "output", "is_error", "completed_at"])
+        else:
+            _record_result(call, SUPERSEDED_OUTPUT, is_error=True, status=ToolCall.Status.SUPERSEDED)
     for plan in plans:
-        plan.status, plan.decided_at = Plan.Status.SUPERSEDED, now
-        plan.save(update_fields=["status", "decided_at"])
+        plan.status, plan.decided_at, plan.worker_id = Plan.Status.SUPERSEDED, plan.decided_at or now, ""
+        plan.save(update_fields=["status", "decided_at", "worker_id"])
         _update_metadata(plan.message_id, status=plan.status)
     reply_ids = {call.reply_id for call in calls} | {plan.reply_id for plan in plans}
     if reply_ids:
@@ -611,6 +644,8 @@ def plan_step_next(*, plan_id: uuid.UUID) -> uuid.UUID | None:
         step_reply = plan.step_message
         if step_reply is not None and step_reply.status == Message.Status.STREAMING:
             return None  # still being written; its end (or the interrupted sweep) moves the plan on
+        if step_reply is not None and ToolCall.objects.filter(reply=step_reply).exclude(status__in=ENDED).exists():
+            return None  # the step's tools are under way (or wait for a person): their end moves the plan on
         if step_reply is not None and step_reply.status != Message.Status.COMPLETE:
             _plan_end(plan, Plan.Status.FAILED)
             return None
@@ -636,9 +671,27 @@ def _plan_end(plan: Plan, status: str) -> None:
 
 
 def stalled_plans() -> list[uuid.UUID]:
-    """Running plans whose driving process is dead: to be taken over (see `plan_step_next`)."""
+    """Running plans nobody moves on: to be driven again (see `plan_step_next`, which decides under the plan's lock).
+
+    Those whose driving process is dead, and this process's own that stand still: no step
+    under way for a while (the end of a step moves its plan on at once; an error there left it).
+    """
     from chat import workers
 
-    running = list(Plan.objects.filter(status=Plan.Status.RUNNING).values_list("pk", "worker_id")[:100])
-    dead = workers.dead_worker_ids({worker_id for _, worker_id in running}) if running else set()
-    return [plan_id for plan_id, worker_id in running if worker_id in dead]
+    running = list(
+        Plan.objects.filter(status=Plan.Status.RUNNING).order_by("decided_at")
+        .values_list("pk", "worker_id", "decided_at", "step_message__status", "step_message__completed_at", "step_message_id")[:100]
+    )
+    if not running:
+        return []
+    dead = workers.dead_worker_ids({row[1] for row in running})
+    quiet = timezone.now() - timezone.timedelta(seconds=STALLED_AFTER_SECONDS)
+    stalled = []
+    for plan_id, worker_id, decided_at, step_status, step_completed_at, step_id in running:
+        if worker_id in dead:
+            stalled.append(plan_id)
+        elif worker_id == workers.WORKER_ID and step_status != Message.Status.STREAMING:
+            since = step_completed_at if step_id is not None else decided_at
+            if since is not None and since < quiet and not ToolCall.objects.filter(reply_id=step_id).exclude(status__in=ENDED).exists():
+                stalled.append(plan_id)
+    return stalled

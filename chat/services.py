@@ -177,14 +177,14 @@ def turn_start(
             if existing is not None:
                 replies = list(Message.objects.filter(reply_to=existing).select_related("agent").order_by("seq"))
                 return Turn(user_message=existing, reply=replies[0] if replies else None, created=False, messages=[existing, *replies])
-        if reply:
-            from chat import agentic
+        from chat import agentic
 
-            if Message.objects.filter(session=locked, status=Message.Status.STREAMING).exists():
-                raise Busy("A reply is already running in this session; wait for it or cancel it.")
-            # Busy while a tool or plan runs; what waits for the user is superseded by this message.
-            if agentic.turn_admit(session=locked):
-                locked.refresh_from_db(fields=["seq"])
+        if reply and Message.objects.filter(session=locked, status=Message.Status.STREAMING).exists():
+            raise Busy("A reply is already running in this session; wait for it or cancel it.")
+        # Busy while a tool or plan runs (a message without a reply too: it would land between a
+        # tool call and its result); what waits for the user is superseded by this message.
+        if agentic.turn_admit(session=locked):
+            locked.refresh_from_db(fields=["seq"])
         agent = reply_agent_for(session=locked, content=content) if reply else None
         now = timezone.now()
         first = allocate_seq(locked, 2 if reply else 1)
@@ -266,7 +266,8 @@ def reply_finish(
     now = timezone.now()
     with transaction.atomic():
         # The session first, as every step of a turn (see chat.agentic): its tool calls are recorded here.
-        if not ChatSession.objects.select_for_update(of=("self",)).filter(messages__pk=message_id).exists():
+        # (Not .exists(): Django drops `of` there and would lock the message row in the same statement.)
+        if ChatSession.objects.select_for_update(of=("self",)).filter(messages__pk=message_id).values_list("pk", flat=True).first() is None:
             return None
         message = Message.objects.select_for_update(of=("self",)).select_related("agent", "session").filter(pk=message_id).first()
         if message is None:
@@ -355,6 +356,7 @@ def reaction_add(*, message: Message, user: AbstractBaseUser, emoji: str) -> tup
     emoji = validate_emoji(emoji)
     limit = settings.CHAT["MAX_REACTIONS_PER_USER"]
     with transaction.atomic():
+        session_lock(message.session_id)  # as every write in a session: a deletion cannot cross it
         mine = set(Reaction.objects.filter(message=message, user=user).values_list("emoji", flat=True))
         if emoji not in mine and len(mine) >= limit:
             raise InvalidInput(f"At most {limit} different reactions per message; remove one first.")
@@ -372,6 +374,7 @@ def reaction_remove(*, message: Message, user: AbstractBaseUser, emoji: str) -> 
     except InvalidInput:
         raise NotFound("Reaction not found.") from None  # not an emoji, so never a reaction
     with transaction.atomic():
+        session_lock(message.session_id)
         deleted, _ = Reaction.objects.filter(message=message, user=user, emoji=emoji).delete()
         if not deleted:
             raise NotFound("Reaction not found.")

@@ -234,7 +234,7 @@ async def run_reply(message_id: uuid.UUID) -> None:
         metrics_hooks.reply_finished(status)
     from chat import turns
 
-    await turns.after_reply(message_id, status, bool(run.tool_calls))
+    await turns.after_reply(message_id, status, bool(run.tool_calls), ctx.extra.get("plan_id"))
 
 
 # Starting replies from sync code -------------------------------------------------

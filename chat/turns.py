@@ -69,25 +69,35 @@ async def advance(reply_id: uuid.UUID, step: Any = None) -> None:
                 step = await database_sync_to_async(agentic.tool_call_fail)(call_id=call_id, reason="The result could not be saved.")
             continue
         if step.action == "continue" and step.message_id is not None:
-            await streaming.run_reply(step.message_id)
+            await streaming.run_reply(step.message_id)  # its end moves the turn (and its plan) on
+        elif step.action == "done" and step.plan_id is not None:
+            await run_plan(step.plan_id)
         return
 
 
-async def after_reply(message_id: uuid.UUID, status: str, had_tool_calls: bool) -> None:
+async def after_reply(message_id: uuid.UUID, status: str, had_tool_calls: bool, plan_id: str | None = None) -> None:
+    """What follows a reply: its tool calls, or, at the end of a plan step, the plan's next step."""
     if status == "complete" and had_tool_calls:
         await advance(message_id)
+    elif plan_id:
+        await run_plan(uuid.UUID(str(plan_id)))
 
 
 async def run_plan(plan_id: uuid.UUID) -> None:
-    """Run an approved plan's steps in order, each a reply by its agent; the plan ends at the first that fails.
+    """Start the approved plan's next step (each a reply by its agent); the end of that step starts the next.
 
-    Safe to call for a plan whose driver died (see `agentic.stalled_plans`): each step is
-    decided under the plan's lock, and a plan driven by a live process is left to it.
+    A step ends when its reply, with its tools and their continuation, ends; the plan ends
+    `done` after its last step and `failed` at the first that did not complete (see
+    `agentic.plan_step_next`, which decides under the plan's lock, so a second driver, or a
+    takeover after a crash, does no harm).
     """
     from chat import agentic, streaming
 
-    while True:
+    try:
         message_id = await database_sync_to_async(agentic.plan_step_next)(plan_id=plan_id)
-        if message_id is None:
-            return
+    except Exception:
+        # The heartbeat's sweep finds the plan standing still and drives it again.
+        logger.exception("The next step of plan %s could not start", plan_id)
+        return
+    if message_id is not None:
         await streaming.run_reply(message_id)

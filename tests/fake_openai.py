@@ -13,6 +13,7 @@ recorded in `requests`.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -39,6 +40,8 @@ SCENARIOS = {
     "hang-no-headers": "the request is read and never answered",
     "stall": "some text, then nothing",
     "thinking": "reasoning chunks for a while (no content), then text",
+    "approval-and-calculator": "a webhook_post call (needs approval) and a calculator call in one reply",
+    "webhook-round": "a webhook_post call to the URL in the last user message; once its result is back, text",
     "bad-characters": "text with a NUL character and a lone surrogate, as a broken model may send",
     "slow": "many text chunks, 0.05 s apart",
     "paced": "the plain text's chunks 0.05 s apart, then a usage chunk when asked for",
@@ -271,6 +274,23 @@ class _Handler(BaseHTTPRequestHandler):
             yield 0.05
             yield "drop"
             return
+        elif model == "approval-and-calculator" and not results:
+            yield _chunk(model, {"content": "Two things first."})
+            yield _chunk(model, {"tool_calls": [{"index": 0, "id": "call_hook", "type": "function", "function": {
+                "name": "webhook_post", "arguments": '{"url": "http://127.0.0.1:9/hook", "payload": {"n": 1}}'}}]})
+            yield _chunk(model, {"tool_calls": [{"index": 1, "id": "call_calc", "type": "function", "function": {
+                "name": "calculator", "arguments": '{"expression": "1+1"}'}}]})
+            yield _chunk(model, {}, "tool_calls")
+        elif model == "webhook-round" and not any(m.get("tool_call_id") == "call_step_hook" for m in results):
+            prompt = next((m.get("content") or "" for m in reversed(body.get("messages") or []) if m.get("role") == "user"), "")
+            url = re.search(r"http://127\.0\.0\.1:\d+/hook", prompt)
+            arguments = json.dumps({"url": url.group(0) if url else "http://127.0.0.1:9/hook", "payload": {"from": "step"}})
+            yield _chunk(model, {"tool_calls": [{"index": 0, "id": "call_step_hook", "type": "function", "function": {
+                "name": "webhook_post", "arguments": arguments}}]})
+            yield _chunk(model, {}, "tool_calls")
+        elif model == "webhook-round":
+            yield _chunk(model, {"content": "Posted."})
+            yield _chunk(model, {}, "stop")
         elif model == "bad-characters":
             for piece in ["Null\u0000 byte", " and a lone \ud800", " surrogate."]:
                 yield _chunk(model, {"content": piece})

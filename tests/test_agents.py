@@ -382,23 +382,56 @@ async def test_a_running_plan_whose_process_died_is_taken_over(session, token): 
     await comm.disconnect()
 
 
-async def test_a_plan_whose_step_was_interrupted_ends_failed(session, token):  # type: ignore[no-untyped-def]
+async def test_a_plan_whose_step_died_with_its_process_ends_failed(session, token):  # type: ignore[no-untyped-def]
+    from django.utils import timezone
+
+    from chat.services import replies_mark_interrupted
+
     comm = await open_socket(session.pk, token=token)
     await next_frame(comm)
     await send(comm, {"type": "user_message", "content": "/plan step one; step two"})
     plan = (await frames_until(comm, "plan.proposed"))[-1]  # the turn's last frame
-    # As a dead process leaves it: the reply of its step under way was marked interrupted.
-    step = await db(lambda: Message.objects.filter(session=session, role="assistant").order_by("seq").last())
-    await db(lambda: Message.objects.filter(pk=step.pk).update(status="interrupted"))
-    await db(lambda: Plan.objects.filter(pk=plan["plan_id"]).update(
-        status="running", worker_id="gone-host-2-deadbeef", current_step=1, step_message_id=step.pk))
+
+    def as_a_dead_process_leaves_it() -> Message:
+        """Plan running, its first step's reply half-written by a process that is gone."""
+        from chat.models import Worker
+
+        Worker.objects.create(pk="gone-host-2-deadbeef", hostname="elsewhere", pid=1, heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
+        locked = ChatSession.objects.get(pk=session.pk)
+        step = Message.objects.create(
+            session=locked, seq=locked.seq + 1, role="assistant", content="Step 1 of 2: half", status="streaming",
+            worker_id="gone-host-2-deadbeef", metadata={"context": {"plan_id": plan["plan_id"], "step": 1, "steps": 2, "instruction": "step one"}},
+        )
+        ChatSession.objects.filter(pk=session.pk).update(seq=locked.seq + 1)
+        Plan.objects.filter(pk=plan["plan_id"]).update(status="running", worker_id="gone-host-2-deadbeef", current_step=1, step_message=step)
+        return step
+
+    step = await db(as_a_dead_process_leaves_it)
+    # One heartbeat's sweep: the reply is marked interrupted, then the plan is taken over.
+    await db(replies_mark_interrupted)
     await workers.process._resume_stalled_turns()
-    for _ in range(100):
-        if (await db(lambda: Plan.objects.get(pk=plan["plan_id"]))).status != "running":
-            break
-        await asyncio.sleep(0.02)
+    assert (await db(lambda: Message.objects.get(pk=step.pk))).status == "interrupted"
     assert (await db(lambda: Plan.objects.get(pk=plan["plan_id"]))).status == "failed"
     assert not await db(lambda: Message.objects.filter(session=session, content__startswith="Step 2").exists())
+    await comm.disconnect()
+
+
+async def test_a_running_plan_of_a_live_process_elsewhere_is_left_alone(session, token):  # type: ignore[no-untyped-def]
+    from django.utils import timezone
+
+    from chat.models import Worker
+
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": "/plan step one; step two"})
+    plan = (await frames_until(comm, "plan.proposed"))[-1]
+    await db(lambda: Worker.objects.create(pk="live-host-3-cafe", hostname="elsewhere", pid=1, heartbeat_at=timezone.now()))
+    await db(lambda: Plan.objects.filter(pk=plan["plan_id"]).update(status="running", worker_id="live-host-3-cafe"))
+    await workers.process._resume_stalled_turns()
+    await asyncio.sleep(0.2)
+    stored = await db(lambda: Plan.objects.get(pk=plan["plan_id"]))
+    assert (stored.status, stored.worker_id, stored.current_step) == ("running", "live-host-3-cafe", 0)
+    assert not await db(lambda: Message.objects.filter(session=session, content__startswith="Step ").exists())
     await comm.disconnect()
 
 

@@ -206,3 +206,70 @@ async def test_openai_reply_over_the_length_limit_fails_and_closes_the_http_stre
         await asyncio.sleep(0.05)
     assert fake.disconnects == ["slow"]
     await comm.disconnect()
+
+
+async def test_a_new_message_supersedes_every_call_of_a_reply_that_waits_for_approval(user, token, fake, settings):  # type: ignore[no-untyped-def]
+    """The reply asked for two tools; the first waits for a person, the second is queued behind it."""
+    await db(
+        Agent.objects.create,
+        slug="gpt", name="GPT", provider=Agent.Provider.OPENAI, base_url=fake.url + "/v1", model="approval-and-calculator",
+        tools=["webhook_post", "calculator"],
+    )
+    session = await db(session_create, owner=user, mode="direct", agent="gpt")
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": "Do two things"})
+    await frames_until(comm, "approval.requested")
+    # The calculator call queued behind the approval is not stalled, however long the person takes.
+    from django.utils import timezone
+
+    from chat import agentic
+
+    await db(lambda: ToolCall.objects.filter(session=session).update(created_at=timezone.now() - timezone.timedelta(minutes=5)))
+    assert await db(agentic.stalled_replies) == []
+    await db(lambda: Agent.objects.filter(slug="gpt").update(model="text"))
+    await send(comm, {"type": "user_message", "content": "Forget it, just talk"})
+    final = (await frames_until(comm, "message.completed", where=lambda f: f["message"]["type"] == "text"))[-1]["message"]
+    assert (final["status"], final["content"]) == ("complete", TEXT)
+    calls = await db(lambda: dict(ToolCall.objects.filter(session=session).values_list("name", "status")))
+    assert calls == {"webhook_post": "superseded", "calculator": "superseded"}
+    # The model sees a history it accepts: the shown call with its result, not the one never shown.
+    (second,) = bodies(fake, "text")
+    roles = [(m["role"], [c["function"]["name"] for c in m.get("tool_calls", [])]) for m in second["messages"]]
+    assert roles == [("user", []), ("assistant", ["webhook_post"]), ("tool", []), ("user", [])]
+    assert len(bodies(fake, "approval-and-calculator")) == 1  # no continuation of the superseded turn
+    await comm.disconnect()
+
+
+async def test_a_plan_step_waiting_for_approval_holds_the_plan_until_it_is_decided(user, token, fake, webhook):  # type: ignore[no-untyped-def]
+    from chat.models import Plan
+
+    await db(
+        Agent.objects.create,
+        slug="quokka", name="Quokka", description="quokka wallaby", provider=Agent.Provider.OPENAI,
+        base_url=fake.url + "/v1", model="webhook-round", tools=["webhook_post"],
+    )
+    session = await db(session_create, owner=user)
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": f"/plan quokka wallaby post to {webhook.url}; write a summary"})
+    plan = (await frames_until(comm, "plan.proposed"))[-1]
+    assert plan["steps"][0]["agent"] == "quokka"
+    await send(comm, {"type": "plan_decision", "plan_id": plan["plan_id"], "decision": "approve"})
+    request = (await frames_until(comm, "approval.requested"))[-1]
+    await asyncio.sleep(0.3)
+    assert not await db(lambda: Message.objects.filter(session=session, content__startswith="Step 2").exists())
+    assert (await db(lambda: Plan.objects.get(pk=plan["plan_id"]))).status == "running"
+    assert webhook.bodies == []
+    await send(comm, {"type": "hitl_decision", "approval_id": request["approval_id"], "decision": "approve"})
+    frames = await frames_until(comm, "message.completed", where=lambda f: f["message"]["content"].startswith("Step 2"))
+    contents = [f["message"]["content"] for f in frames if f["type"] == "message.completed" and f["message"]["type"] == "text"]
+    assert "Posted." in contents and contents.index("Posted.") < len(contents) - 1
+    assert webhook.bodies == [{"from": "step"}]
+    for _ in range(100):
+        stored = await db(lambda: Plan.objects.get(pk=plan["plan_id"]))
+        if stored.status != "running":
+            break
+        await asyncio.sleep(0.02)
+    assert (stored.status, stored.current_step) == ("done", 2)
+    await comm.disconnect()
