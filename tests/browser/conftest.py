@@ -257,3 +257,72 @@ def webhook() -> Iterator[Hook]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class SocketTap:
+    """Sits between the page and the real socket: records the frames both ways, can hold frames,
+    inject frames, cut the connection and refuse new ones.
+
+    `hold`: types of page frames that never reach the server (the page's send() still succeeds,
+    as when a frame is lost with the connection). `refuse`: new connections are closed at once.
+    """
+
+    def __init__(self, page, hold: tuple[str, ...] = ()) -> None:  # type: ignore[no-untyped-def]
+        self.sent: list[dict] = []  # frames from the page
+        self.sent_on: list[int] = []  # ... and the connection (index into routes) each went on
+        self.received: list[dict] = []  # frames from the server that reached the page
+        self.routes: list[Any] = []
+        self.route: Any = None
+        self.hold = set(hold)
+        self.refuse = False
+        self.refused = 0
+        self.dead: set[int] = set()  # connections whose server frames are dropped (a dead link)
+        page.route_web_socket(re.compile(r"/ws/sessions/"), self._handle)
+
+    def _handle(self, ws) -> None:  # type: ignore[no-untyped-def]
+        if self.refuse:
+            self.refused += 1
+            ws.close(code=4000, reason="refused by the test")
+            return
+        server = ws.connect_to_server()
+        index = len(self.routes)
+        self.routes.append(ws)
+        self.route = ws
+
+        def from_page(message) -> None:  # type: ignore[no-untyped-def]
+            frame = json.loads(message)
+            self.sent.append(frame)
+            self.sent_on.append(index)
+            if frame.get("type") not in self.hold:
+                server.send(message)
+
+        def from_server(message) -> None:  # type: ignore[no-untyped-def]
+            if index in self.dead:
+                return
+            self.received.append(json.loads(message))
+            ws.send(message)
+
+        ws.on_message(from_page)
+        server.on_message(from_server)
+
+    def inject(self, frame: dict) -> None:
+        assert self.route is not None, "the page has no socket yet"
+        self.route.send(json.dumps(frame))
+
+    def cut(self) -> None:
+        """Closes the current connection (both sides), as a dropped network link would."""
+        assert self.route is not None, "the page has no socket yet"
+        self.route.close(code=4000, reason="cut by the test")
+
+    def play_dead(self) -> None:
+        """The current link goes silent: server frames are dropped and the page's close is never
+        answered (its socket stays CLOSING, as over a link that is gone)."""
+        index = len(self.routes) - 1
+        self.dead.add(index)
+        self.routes[index].on_close(lambda code, reason: None)
+
+    def frames(self, kind: str) -> list[dict]:
+        return [f for f in self.sent if f.get("type") == kind]
+
+    def received_frames(self, kind: str) -> list[dict]:
+        return [f for f in self.received if f.get("type") == kind]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.browser.conftest import ChatPage, Hook, saved_messages
+from tests.browser.conftest import ChatPage, Hook, SocketTap, saved_messages
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -47,7 +47,33 @@ def _wait_for(predicate, page=None, timeout: float = 15.0) -> None:  # type: ign
     raise AssertionError("condition not met in time")
 
 
+def _wait_reply_after(chat: ChatPage, session_id: str, seq: int):  # type: ignore[no-untyped-def]
+    """Waits for the turn that goes on after message `seq` (a decision or a tool result) to end.
+
+    In the database: an assistant reply after `seq` exists and nothing in the session streams any
+    more; then on the page: that reply (by id) shows the same status and the composer is free.
+    """
+    found: dict = {}
+
+    def ended() -> bool:
+        saved = saved_messages(session_id)
+        after = [m for m in saved if m.seq > seq and m.role == "assistant" and m.type == "text"]
+        if after and not any(m.status == "streaming" for m in saved):
+            found["reply"] = after[-1]
+            return True
+        return False
+
+    _wait_for(ended, chat.page, timeout=20.0)
+    reply = found["reply"]
+    assert reply.status == "complete", (reply.status, reply.error)
+    chat.wait_status(chat.message(str(reply.pk)), "complete")
+    _wait_turn_done(chat)
+    return reply
+
+
 def test_approve_a_tool_call_and_reject_another(chat_page, webhook: Hook) -> None:  # type: ignore[no-untyped-def]
+    from chat.models import Approval, ToolCall
+
     expect = _expect()
     chat: ChatPage = chat_page().login()
     session_id = chat.new_chat()
@@ -64,27 +90,42 @@ def test_approve_a_tool_call_and_reject_another(chat_page, webhook: Hook) -> Non
     chat.reload()
     card = chat.page.locator(".pending--approval").last
     expect(card).to_contain_text("webhook_post")
+    first = Approval.objects.select_related("message").get(pk=card.get_attribute("data-pending-id"))
     card.get_by_role("button", name="Approve webhook_post").click()
     expect(card).to_have_attribute("data-state", "approved")
-    _wait_for(lambda: len(webhook.requests) == 1)
+    _wait_for(lambda: len(webhook.requests) == 1, chat.page)
     body = webhook.requests[0]["body"]
     assert body == {"a": 1} or (isinstance(body, dict) and body.get("payload") == {"a": 1}), body
-    _wait_turn_done(chat)
+    # The turn goes on after the call: its continuation must end before the next message.
+    _wait_reply_after(chat, session_id, first.message.seq)
 
     chat.send(command)
     expect(chat.page.locator(".pending--approval")).to_have_count(2)
     second = chat.page.locator(".pending--approval").last
+    rejected = Approval.objects.select_related("message").get(pk=second.get_attribute("data-pending-id"))
     expect(second.get_by_role("button", name="Reject webhook_post")).to_be_enabled()
     second.get_by_role("button", name="Reject webhook_post").click()
     expect(second).to_have_attribute("data-state", "rejected")
-    _wait_turn_done(chat)
-    time.sleep(0.5)
+    # The call is rejected for good, and the turn has ended after it: it can never run now.
+    _wait_for(lambda: ToolCall.objects.get(pk=rejected.tool_call_id).status == "rejected", chat.page)
+    _wait_reply_after(chat, session_id, rejected.message.seq)
+    assert ToolCall.objects.get(pk=rejected.tool_call_id).status == "rejected"
+    assert ToolCall.objects.get(pk=first.tool_call_id).status == "done"
     assert len(webhook.requests) == 1, "a rejected call must not run"
 
+    # After a reload nothing is open, and the history cards show how each was decided.
     chat.reload()
-    expect(chat.page.locator('.pending[data-state="open"], .pending:not([data-state])')).to_have_count(0)
-    types = [m.type for m in saved_messages(session_id)]
-    assert "approval" in types or "tool_call" in types
+    approvals = chat.page.locator('#messages article.msg[data-type="approval"]')
+    expect(approvals).to_have_count(2)
+    expect(approvals.nth(0)).to_have_attribute("data-decision", "approved")
+    expect(approvals.nth(0).locator(".card__badge")).to_have_text(["Approved"])
+    expect(approvals.nth(1)).to_have_attribute("data-decision", "rejected")
+    expect(approvals.nth(1).locator(".card__badge")).to_have_text(["Rejected"])
+    calls = chat.page.locator('#messages article.msg[data-type="tool_call"]')
+    expect(calls).to_have_count(2)
+    expect(calls.nth(0).locator(".card__badge")).to_have_text(["Done"])
+    expect(calls.nth(1).locator(".card__badge")).to_have_text(["Rejected"])
+    expect(chat.page.locator(".pending")).to_have_count(0)
 
 
 def test_approve_a_plan(chat_page) -> None:  # type: ignore[no-untyped-def]
@@ -116,8 +157,18 @@ def test_approve_a_plan(chat_page) -> None:  # type: ignore[no-untyped-def]
     expect(done.filter(has_text="Step 2 of 2")).to_have_count(1)
     assert not chat.page.locator("#notice").is_visible() or "error" not in chat.page.locator("#notice").inner_text().lower()
 
+    # After a reload the plan's history card says it was approved and is done.
+    chat.reload()
+    plan = chat.page.locator('#messages article.msg[data-type="plan"]')
+    expect(plan).to_have_count(1)
+    expect(plan).to_have_attribute("data-decision", "approved")
+    expect(plan).to_have_attribute("data-progress", "done")
+    expect(plan.locator(".card__badge")).to_have_text(["Approved", "Done"])
+
 
 def test_client_tool_runs_in_the_page(chat_page) -> None:  # type: ignore[no-untyped-def]
+    from chat.models import ToolCall
+
     expect = _expect()
     chat: ChatPage = chat_page().login()
     session_id = chat.new_chat()
@@ -126,43 +177,61 @@ def test_client_tool_runs_in_the_page(chat_page) -> None:  # type: ignore[no-unt
     card = chat.page.locator(".pending--tool_call").last
     expect(card).to_contain_text("client_time")
     expect(card).to_have_attribute("data-state", "answered")
-    _wait_turn_done(chat)
-    saved = saved_messages(session_id)
-    results = [m for m in saved if m.type == "tool_result"]
-    assert results, [(m.role, m.type) for m in saved]
+    call = ToolCall.objects.select_related("message").get(pk=card.get_attribute("data-pending-id"))
+    # The page has sent the result; the server stores it a moment later.
+    _wait_for(lambda: any(m.type == "tool_result" for m in saved_messages(session_id)), chat.page)
+    results = [m for m in saved_messages(session_id) if m.type == "tool_result"]
     blob = json.dumps({"content": results[-1].content, "metadata": results[-1].metadata})
     assert "timezone" in blob and "iso" in blob
+    _wait_reply_after(chat, session_id, call.message.seq)
+    assert ToolCall.objects.get(pk=call.pk).status == "done"
 
 
-class SocketTap:
-    """Sits between the page and the real socket: records what the page sends and can inject frames."""
+def test_a_tool_result_that_could_not_be_sent_goes_after_reconnecting(chat_page) -> None:  # type: ignore[no-untyped-def]
+    """The link drops just as the browser has the result: it is sent on the next connection."""
+    from chat.models import ToolCall
 
-    def __init__(self, page, hold: tuple[str, ...] = ()) -> None:  # type: ignore[no-untyped-def]
-        import re
+    expect = _expect()
+    chat: ChatPage = chat_page()
+    tap = SocketTap(chat.page)
+    # Makes the page's socket look closed from the moment a tool.call has been handed to the page
+    # (the page runs the tool asynchronously, so its send comes after this), until `__deaf` ends.
+    chat.page.add_init_script(
+        """(() => {
+            const Base = window.WebSocket;
+            window.WebSocket = class extends Base {
+                constructor(...args) {
+                    super(...args);
+                    let real = this.readyState;
+                    Object.defineProperty(this, "readyState", {
+                        configurable: true,
+                        get: () => (window.__deaf ? 3 : real),
+                        set: (value) => { real = value; },
+                    });
+                    this.addEventListener("message", (event) => {
+                        try { if (JSON.parse(event.data).type === "tool.call") window.__deaf = true; } catch {}
+                    });
+                }
+            };
+        })();"""
+    )
+    chat.login()
+    session_id = chat.new_chat()
+    _talk_to(chat, "assistant", "Assistant")
+    chat.send("/tool client_time {}")
+    card = chat.page.locator(".pending--tool_call").last
+    expect(card.locator(".pending__status")).to_have_text("Not connected; the result will be sent after reconnecting.")
+    assert tap.frames("tool_result") == []
+    call_id = card.get_attribute("data-pending-id")
 
-        self.sent: list[dict] = []
-        self.route = None
-        self.hold = hold
-        page.route_web_socket(re.compile(r"/ws/sessions/"), self._handle)
-
-    def _handle(self, ws) -> None:  # type: ignore[no-untyped-def]
-        server = ws.connect_to_server()
-        self.route = ws
-
-        def from_page(message) -> None:  # type: ignore[no-untyped-def]
-            frame = json.loads(message)
-            self.sent.append(frame)
-            if frame.get("type") not in self.hold:  # held frames never reach the server
-                server.send(message)
-
-        ws.on_message(from_page)
-
-    def inject(self, frame: dict) -> None:
-        assert self.route is not None, "the page has no socket yet"
-        self.route.send(json.dumps(frame))
-
-    def frames(self, kind: str) -> list[dict]:
-        return [f for f in self.sent if f.get("type") == kind]
+    chat.page.evaluate("() => { window.__deaf = false; }")
+    connections = len(tap.routes)
+    tap.cut()
+    expect(card).to_have_attribute("data-state", "answered")
+    _wait_for(lambda: len(tap.frames("tool_result")) == 1, chat.page)
+    assert tap.sent_on[tap.sent.index(tap.frames("tool_result")[0])] >= connections, "sent on the new connection"
+    _wait_for(lambda: ToolCall.objects.get(pk=call_id).status == "done", chat.page)
+    _wait_reply_after(chat, session_id, ToolCall.objects.select_related("message").get(pk=call_id).message.seq)
 
 
 def test_cards_speak_the_contract(chat_page) -> None:  # type: ignore[no-untyped-def]
@@ -186,6 +255,7 @@ def test_cards_speak_the_contract(chat_page) -> None:  # type: ignore[no-untyped
     expect(card.locator(".card__args")).to_contain_text('"a": 1')
     card.get_by_role("button", name="Approve webhook_post").click()
     expect(card).to_have_attribute("data-state", "approved")
+    _wait_for(lambda: len(tap.frames("hitl_decision")) == 1, chat.page)
     assert tap.frames("hitl_decision")[-1] | {"request_id": None} == {
         "type": "hitl_decision", "approval_id": approval_id, "decision": "approve", "request_id": None,
     }
@@ -199,6 +269,7 @@ def test_cards_speak_the_contract(chat_page) -> None:  # type: ignore[no-untyped
     expect(plan.locator(".plan-steps li").nth(1)).to_contain_text("write a summary")
     plan.get_by_role("button", name="Reject the plan").click()
     expect(plan).to_have_attribute("data-state", "rejected")
+    _wait_for(lambda: len(tap.frames("plan_decision")) == 1, chat.page)
     assert tap.frames("plan_decision")[-1]["plan_id"] == plan_id
     assert tap.frames("plan_decision")[-1]["decision"] == "reject"
 
@@ -216,11 +287,30 @@ def test_cards_speak_the_contract(chat_page) -> None:  # type: ignore[no-untyped
     assert results[bad_call_id]["is_error"] is True
     expect(chat.page.locator(f'.pending[data-pending-id="{call_id}"]')).to_have_attribute("data-state", "answered")
 
+    # A decision the server says was already made (in another tab) closes the card quietly ...
+    twice = str(uuid.uuid4())
+    tap.inject({"type": "approval.requested", "approval_id": twice, "message_id": reply_id,
+                "tool": "webhook_post", "arguments": {"b": 2}})
+    card = chat.page.locator(f'.pending[data-pending-id="{twice}"]')
+    card.get_by_role("button", name="Approve webhook_post").click()
+    _wait_for(lambda: any(f["approval_id"] == twice for f in tap.frames("hitl_decision")), chat.page)
+    request_id = next(f["request_id"] for f in tap.frames("hitl_decision") if f["approval_id"] == twice)
+    tap.inject({"type": "error", "code": "already_decided", "detail": "This approval was already decided (approved).",
+                "request_id": request_id})
+    expect(card).to_have_attribute("data-state", "closed")
+    expect(card.locator(".pending__status")).to_have_text("Already decided elsewhere.")
+    expect(card.get_by_role("button", name="Approve webhook_post")).to_be_disabled()
+    # ... and so does a tool result the server had already: nothing to tell the user.
+    tap.inject({"type": "error", "code": "already_decided", "detail": "This tool call is not waiting for a result.",
+                "request_id": f"tool:{call_id}"})
+
     # Open items listed in session.ready.pending (as after a reload) get their cards.
     later = str(uuid.uuid4())
     tap.inject({"type": "session.ready", "session": None, "last_seq": 2, "active": [], "pending": [
         {"kind": "approval", "approval_id": later, "message_id": reply_id, "tool": "webhook_post", "arguments": {"x": 2}},
     ]})
     expect(chat.page.locator(f'.pending[data-pending-id="{later}"] button', has_text="Approve")).to_be_enabled()
+    # (Frames are applied in order: the already_decided errors before it were taken quietly.)
+    expect(chat.page.locator("#notice")).to_be_hidden()
     # ... and an open card not listed any more was decided elsewhere.
     expect(chat.page.locator(f'.pending[data-pending-id="{approval_id}"]')).to_have_attribute("data-state", "approved")

@@ -26,14 +26,16 @@ def test_login_send_and_reply_streams_in_and_stays_after_reload(chat_page) -> No
     user = chat.messages("user").last
     expect(user.locator(".msg__body")).to_have_text("Hello there, page")
     reply = chat.last_reply()
-    # Seen while streaming: some text, not all of it yet.
-    chat.page.wait_for_function(
+    # Seen while streaming: some text, not all of it yet (read in the same moment as the status,
+    # so the reply cannot finish between the check and the read).
+    partial = chat.page.wait_for_function(
         """() => {
             const m = [...document.querySelectorAll('#messages article.msg[data-role=assistant]')].pop();
-            return m && m.dataset.status === 'streaming' && Number(m.dataset.length) > 0;
+            return m && m.dataset.status === 'streaming' && Number(m.dataset.length) > 0
+                && m.querySelector('.msg__body').innerText;
         }"""
-    )
-    partial = chat.body_text(reply)
+    ).json_value()
+    assert isinstance(partial, str) and partial
     chat.wait_status(reply, "complete")
     final = chat.body_text(reply)
     assert "You wrote" in final and "Hello there, page" in final
@@ -56,7 +58,9 @@ def test_login_send_and_reply_streams_in_and_stays_after_reload(chat_page) -> No
 def test_reload_mid_stream_finishes_with_exactly_the_saved_text(chat_page) -> None:  # type: ignore[no-untyped-def]
     chat: ChatPage = chat_page().login()
     session_id = chat.new_chat()
-    chat.send("/slow 40")
+    # About 8 s of deltas at the test's pace: far more than a reload takes, so the reply is
+    # certainly still streaming when the page comes back.
+    chat.send("/slow 160")
     reply = chat.last_reply()
     chat.page.wait_for_function(
         "() => /chunk 6 /.test(document.querySelector('#messages article.msg[data-role=assistant]:last-of-type .msg__body')?.innerText + ' ')"
@@ -71,7 +75,7 @@ def test_reload_mid_stream_finishes_with_exactly_the_saved_text(chat_page) -> No
 
     saved = saved_messages(session_id)[-1]
     assert saved.status == "complete"
-    assert saved.content == "".join(f"chunk {i} " for i in range(1, 41))
+    assert saved.content == "".join(f"chunk {i} " for i in range(1, 161))
     assert normalized(chat.body_text(reply)) == normalized(saved.content)
     assert reply.get_attribute("data-length") == str(len(saved.content))
 

@@ -66,7 +66,8 @@ export const api = {
   updateSession: (id, data) => request("PATCH", `/api/v1/sessions/${id}/`, data),
   deleteSession: (id) => request("DELETE", `/api/v1/sessions/${id}/`),
   messages: (url) => request("GET", url),
-  messagesUrl: (id, limit = 100) => `/api/v1/sessions/${id}/messages/?limit=${limit}`,
+  // The newest page (still ascending by seq), with a `previous` link to older pages.
+  latestMessagesUrl: (id, limit = 100) => `/api/v1/sessions/${id}/messages/?from=end&limit=${limit}`,
   postMessage: (sessionId, content, key) =>
     request("POST", "/api/v1/messages/", { session: sessionId, type: "text", content }, { "Idempotency-Key": key }),
   react: (messageId, emoji) => request("POST", `/api/v1/messages/${messageId}/reactions/`, { emoji }),

@@ -104,16 +104,16 @@ const state = {
   socket: null,
   generation: 0,
   messages: new Map(), // id -> {data, text, length, el, dirty}
-  sends: new Map(), // client_id -> {el, content}
+  sends: new Map(), // client_id -> {el, content, sent, rest}: messages not yet confirmed by the server
   pending: new Map(), // "kind:id" -> {item, el, decided}
   olderUrl: null,
-  tailUrl: null,
   queue: null, // frames held while history loads
   readySeen: 0,
   readyWaiters: [],
   gapTimer: null,
   loadingOlder: false,
   hadFocus: false,
+  renaming: null, // {id, li, cancel}: the list item whose title is being edited
 };
 
 function sessionTitle(session) {
@@ -167,6 +167,8 @@ function sortedSessions() {
 }
 
 function renderSessionList() {
+  const renaming = state.renaming;
+  if (renaming && (!state.sessions.has(renaming.id) || !renaming.li.isConnected)) renaming.cancel();
   const items = sortedSessions().map((session) => {
     const current = state.current && state.current.id === session.id;
     const title = sessionTitle(session);
@@ -187,7 +189,18 @@ function renderSessionList() {
     li.append(open, actions);
     return li;
   });
-  dom.sessionList.replaceChildren(...items);
+  const keep = state.renaming ? state.renaming.li : null;
+  const at = keep ? items.findIndex((li) => li.dataset.id === keep.dataset.id) : -1;
+  if (keep && at >= 0) {
+    // The item being renamed stays as it is (its input keeps focus, text and caret); the others
+    // are rebuilt around it, in the new order. It is rebuilt when the rename ends.
+    keep.classList.toggle("session--current", !!(state.current && state.current.id === keep.dataset.id));
+    for (const child of [...dom.sessionList.children]) if (child !== keep) child.remove();
+    for (const li of items.slice(0, at)) dom.sessionList.insertBefore(li, keep);
+    for (const li of items.slice(at + 1).reverse()) keep.after(li);
+  } else {
+    dom.sessionList.replaceChildren(...items);
+  }
   dom.sessionsEmpty.hidden = items.length > 0;
   dom.sessionsMore.hidden = !state.sessionsNext;
 }
@@ -236,17 +249,28 @@ dom.sessionList.addEventListener("click", (event) => {
 
 function startRename(li, id) {
   const session = state.sessions.get(id);
+  if (state.renaming) state.renaming.cancel();
   const input = h("input", { type: "text", class: "session__rename", value: session.title || "", maxlength: 200, "aria-label": "Chat title" });
   const open = li.querySelector(".session__open");
   open.replaceWith(input);
+  let done = false;
+  const rename = {
+    id,
+    li,
+    cancel: () => {
+      done = true;
+      if (state.renaming === rename) state.renaming = null;
+    },
+  };
+  state.renaming = rename;
   input.focus();
   input.select();
-  let done = false;
   const finish = async (save) => {
     if (done) return;
-    done = true;
+    rename.cancel();
     const title = input.value.trim();
-    if (save && title !== (session.title || "")) {
+    const saved = state.sessions.get(id);
+    if (save && saved && title !== (saved.title || "")) {
       try {
         upsertSession(await api.updateSession(id, { title }));
       } catch (err) {
@@ -437,6 +461,51 @@ function buildMessageElement(entry) {
   return article;
 }
 
+// The server keeps where a card message stands in `metadata.status`:
+//   approval: pending → approved | rejected (or superseded: a new message was sent instead)
+//   plan: pending → running → done | failed, or rejected
+//   tool_call: requested, awaiting_approval, awaiting_client, approved, running, done, failed, rejected
+// This one table turns it into the decision and progress the page shows: the badges of history
+// cards, and the state of the live cards that follow those messages.
+const CARD_STATUS = {
+  pending: { label: "Waiting for a decision", tone: "waiting" },
+  requested: { label: "Requested", tone: "waiting" },
+  awaiting_approval: { label: "Waiting for approval", tone: "waiting" },
+  awaiting_client: { label: "Waiting for the browser", tone: "waiting" },
+  approved: { label: "Approved", tone: "approved", decision: "approved" },
+  rejected: { label: "Rejected", tone: "rejected", decision: "rejected" },
+  superseded: { label: "Superseded", tone: "superseded", decision: "superseded" },
+  running: { label: "Running", tone: "running", progress: "running" },
+  done: { label: "Done", tone: "done", progress: "done" },
+  failed: { label: "Failed", tone: "failed", progress: "failed" },
+};
+// Older spellings, so a card written by an earlier version still reads right.
+const STATUS_ALIASES = { approve: "approved", reject: "rejected", proposed: "pending", open: "pending" };
+const DECISION_TEXT = { approved: "Approved.", rejected: "Rejected.", superseded: "Superseded: a new message was sent instead." };
+
+function cardState(data) {
+  const meta = data.metadata || {};
+  const raw = [meta.status, meta.decision, meta.state].find((v) => typeof v === "string" && v);
+  const status = raw ? STATUS_ALIASES[raw] || raw : null;
+  const known = status ? CARD_STATUS[status] : null;
+  let decision = (known && known.decision) || null;
+  const progress = (known && known.progress) || null;
+  // A plan that runs (or ran) was approved.
+  if (data.type === "plan" && progress) decision = "approved";
+  return { status, decision, progress };
+}
+
+function cardBadges(data) {
+  const { status, progress } = cardState(data);
+  if (!status) return [];
+  const badge = (tone, label) => h("span", { class: `badge card__badge badge--${tone}`, text: label });
+  if (data.type === "plan" && progress) {
+    return [badge("approved", CARD_STATUS.approved.label), badge(CARD_STATUS[progress].tone, CARD_STATUS[progress].label)];
+  }
+  const known = CARD_STATUS[status];
+  return [known ? badge(known.tone, known.label) : badge("waiting", status.replaceAll("_", " "))];
+}
+
 function renderCardBody(data, body) {
   const meta = data.metadata || {};
   const parts = [];
@@ -445,7 +514,6 @@ function renderCardBody(data, body) {
     value === undefined || value === null || value === ""
       ? null
       : h("details", { class: "card__details" }, h("summary", { text: label }), h("pre", { text: pretty(value).slice(0, 4000) }));
-  const decision = meta.decision || meta.state || null;
   if (data.type === "tool_call") {
     parts.push(title("Tool call", meta.name || meta.tool));
     parts.push(details("Arguments", meta.arguments ?? (data.content || null)));
@@ -467,7 +535,16 @@ function renderCardBody(data, body) {
   } else {
     parts.push(h("p", { class: "card__text", text: data.content || "" }));
   }
-  if (decision && typeof decision === "string") parts.push(h("span", { class: `badge badge--${decision}`, text: decision }));
+  const badges = cardBadges(data);
+  if (badges.length) parts.push(h("p", { class: "card__badges" }, badges));
+  const { decision, progress } = cardState(data);
+  const article = body.closest("article");
+  if (article) {
+    if (decision) article.dataset.decision = decision;
+    else delete article.dataset.decision;
+    if (progress) article.dataset.progress = progress;
+    else delete article.dataset.progress;
+  }
   body.replaceChildren(...parts.filter(Boolean));
 }
 
@@ -565,10 +642,6 @@ function upsertMessage(data) {
     state.messages.set(data.id, entry);
     buildMessageElement(entry);
     insertBySeq(entry.el, data.seq ?? Infinity);
-    if (data.client_id && state.sends.has(data.client_id)) {
-      state.sends.get(data.client_id).el.remove();
-      state.sends.delete(data.client_id);
-    }
   } else {
     const oldSeq = entry.data.seq;
     const wasStreaming = entry.data.status === "streaming";
@@ -592,7 +665,13 @@ function upsertMessage(data) {
       insertBySeq(entry.el, data.seq);
     }
   }
-  if (data.status !== "streaming") entry.gap = false;
+  if (data.client_id) dropSend(data.client_id, false);
+  if (data.status !== "streaming") {
+    entry.gap = false;
+    entry.gapEnd = 0;
+  } else {
+    fillGap(entry);
+  }
   renderMessage(entry);
   resolvePendingFromMessage(entry.data);
   placePendingCards();
@@ -603,34 +682,50 @@ function upsertMessage(data) {
 }
 
 function applyDelta(frame) {
-  const entry = state.messages.get(frame.message_id);
+  let entry = state.messages.get(frame.message_id);
   const delta = frame.delta || "";
+  const offset = Number(frame.offset) || 0;
   if (!entry) {
-    if (frame.offset === 0) {
-      upsertMessage({ id: frame.message_id, role: "assistant", type: "text", status: "streaming", content: delta, reactions: [] });
-    } else {
-      noteGap();
-    }
+    // A reply this page has not heard of. From its start it is simply shown; from the middle it
+    // is a placeholder with a gap, which the catch-up delta, `message.completed` or a `resync`
+    // (after the gap timer) fills.
+    entry = upsertMessage({ id: frame.message_id, role: "assistant", type: "text", status: "streaming", content: offset === 0 ? delta : "", reactions: [] });
+    if (offset > 0) markGap(entry, offset + codePoints(delta));
     return;
   }
   if (entry.data.status !== "streaming") return;
   const length = entry.length;
-  if (frame.offset === length) {
+  if (offset === length) {
     entry.text += delta;
     entry.length += codePoints(delta);
-  } else if (frame.offset < length) {
+  } else if (offset < length) {
     const chars = [...delta];
-    const end = frame.offset + chars.length;
+    const end = offset + chars.length;
     if (end <= length) return;
-    const extra = chars.slice(length - frame.offset).join("");
+    const extra = chars.slice(length - offset).join("");
     entry.text += extra;
     entry.length = end;
   } else {
-    entry.gap = true;
-    noteGap();
+    markGap(entry, offset + codePoints(delta));
     return;
   }
+  fillGap(entry);
   scheduleRender(entry);
+}
+
+// A delta beyond the end was dropped: the text up to `gapEnd` is still owed.
+function markGap(entry, end) {
+  entry.gap = true;
+  entry.gapEnd = Math.max(entry.gapEnd || 0, end);
+  noteGap();
+}
+
+// The text has caught up with everything dropped: the gap is closed.
+function fillGap(entry) {
+  if (entry.gap && entry.length >= (entry.gapEnd || 0)) {
+    entry.gap = false;
+    entry.gapEnd = 0;
+  }
 }
 
 // A gap is normally filled by the catch-up delta or `message.completed`; if it is still
@@ -644,6 +739,14 @@ function noteGap() {
     const open = [...state.messages.values()].some((e) => e.gap && e.data.status === "streaming");
     if (open && state.socket) state.socket.send({ type: "resync" });
   }, 1500);
+}
+
+function removeEntry(entry) {
+  if (state.messages.get(entry.data.id) !== entry) return;
+  state.messages.delete(entry.data.id);
+  entry.el.remove();
+  updateComposer();
+  updateEmpty();
 }
 
 function runningReplies() {
@@ -667,35 +770,38 @@ function updateComposer() {
 
 // History ----------------------------------------------------------------------
 
+// Opening a chat reads one page: the newest. Older pages follow `previous` when scrolling up.
 async function loadHistory(generation, sessionId) {
-  let url = api.messagesUrl(sessionId, PAGE_SIZE);
+  const page = await api.messages(api.latestMessagesUrl(sessionId, PAGE_SIZE));
+  if (generation !== state.generation) return;
+  state.olderUrl = relativeUrl(page.previous);
+  for (const message of page.results) upsertMessage(message);
+  dom.older.hidden = !state.olderUrl;
+}
+
+function highestSeq() {
+  let seq = 0;
+  for (const entry of state.messages.values()) if (Number.isFinite(entry.data.seq) && entry.data.seq > seq) seq = entry.data.seq;
+  return seq;
+}
+
+// After a reconnect: whatever was created or finished while away. Reads from the newest page
+// back until a page reaches what is already known (its first seq is at most the highest known
+// seq + 1) or there is no older page, so nothing in between is missed however much happened.
+async function refreshTail(generation) {
+  if (!state.current) return;
+  const known = highestSeq();
+  let url = api.latestMessagesUrl(state.current.id, PAGE_SIZE);
   const pages = [];
   for (;;) {
     const page = await api.messages(url);
     if (generation !== state.generation) return;
-    pages.push({ url, page });
-    if (pages.length > 2) pages.shift();
-    if (!page.next) break;
-    url = relativeUrl(page.next);
+    pages.push(page);
+    const results = page.results || [];
+    if (!results.length || results[0].seq <= known + 1 || !page.previous) break;
+    url = relativeUrl(page.previous);
   }
-  state.tailUrl = pages[pages.length - 1].url;
-  state.olderUrl = relativeUrl(pages[0].page.previous);
-  for (const { page } of pages) for (const message of page.results) upsertMessage(message);
-  dom.older.hidden = !state.olderUrl;
-}
-
-// Fetch everything from the last page on: messages created or finished while away.
-async function refreshTail(generation) {
-  let url = state.tailUrl;
-  if (!url) return;
-  for (;;) {
-    const page = await api.messages(url);
-    if (generation !== state.generation) return;
-    for (const message of page.results) upsertMessage(message);
-    if (!page.next) break;
-    url = relativeUrl(page.next);
-    state.tailUrl = url;
-  }
+  for (const page of pages.reverse()) for (const message of page.results) upsertMessage(message);
 }
 
 async function loadOlder() {
@@ -703,6 +809,7 @@ async function loadOlder() {
   state.loadingOlder = true;
   const generation = state.generation;
   const c = dom.conversation;
+  let loaded = false;
   try {
     const page = await api.messages(state.olderUrl);
     if (generation !== state.generation) return;
@@ -712,16 +819,21 @@ async function loadOlder() {
     c.scrollTop = top + (c.scrollHeight - before);
     state.olderUrl = relativeUrl(page.previous);
     dom.older.hidden = !state.olderUrl;
+    loaded = true;
   } catch (err) {
-    showNotice(errorText(err));
+    if (generation === state.generation) showNotice(errorText(err));
   } finally {
-    state.loadingOlder = false;
+    if (generation === state.generation) state.loadingOlder = false;
   }
+  if (loaded) maybeLoadOlder();
+}
+
+// Near the top (or too little history to scroll at all) the next older page comes in.
+function maybeLoadOlder() {
+  if (dom.conversation.scrollTop < 150 && state.olderUrl && state.queue === null) loadOlder();
 }
 dom.loadOlder.addEventListener("click", loadOlder);
-dom.conversation.addEventListener("scroll", () => {
-  if (dom.conversation.scrollTop < 150 && state.olderUrl && state.queue === null) loadOlder();
-});
+dom.conversation.addEventListener("scroll", maybeLoadOlder);
 
 // Pending tool calls, approvals and plans ---------------------------------------
 
@@ -738,7 +850,8 @@ function addPending(item) {
   if (!id) return;
   const key = pendingKey(kind, id);
   if (state.pending.has(key)) return;
-  const record = { key, kind, id, item, el: buildPendingCard(kind, item), decided: null };
+  // The socket and generation the item arrived on: an answer goes back on that socket only.
+  const record = { key, kind, id, item, el: buildPendingCard(kind, item), decided: null, socket: state.socket, generation: state.generation };
   state.pending.set(key, record);
   placePendingCard(record);
   updateEmpty();
@@ -831,7 +944,6 @@ function resolvePending(key, decided, text) {
 // A plan's card keeps its decision in `data-state`; what the approved plan is doing goes to its
 // status line (and `data-progress`), as the plan message's metadata moves running → done | failed.
 const PLAN_PROGRESS = {
-  approved: "Approved.",
   running: "Approved: running the steps…",
   done: "Approved: every step is done.",
   failed: "Approved, but a step did not finish.",
@@ -848,18 +960,16 @@ function resolvePendingFromMessage(data) {
     if (!id || !relevant) continue;
     const record = state.pending.get(pendingKey(kind, id));
     if (!record) continue;
-    const decision = meta.decision || meta.state || meta.status;
-    if (kind === "plan" && PLAN_PROGRESS[decision]) {
-      markPending(record, "approved", PLAN_PROGRESS[decision]);
-      record.el.dataset.progress = decision;
+    const { decision, progress } = cardState(data);
+    if (kind === "plan" && progress) {
+      markPending(record, "approved", PLAN_PROGRESS[progress]);
+      record.el.dataset.progress = progress;
       record.resolved = true;
       continue;
     }
     if (record.resolved) continue;
     if (kind === "tool_call") resolvePending(record.key, "answered", "Answered.");
-    else if (decision && !["pending", "requested", "proposed", "open"].includes(decision)) {
-      resolvePending(record.key, decision, decision === "approve" || decision === "approved" ? "Approved." : decision === "reject" || decision === "rejected" ? "Rejected." : `${decision}.`);
-    }
+    else if (decision) resolvePending(record.key, decision, DECISION_TEXT[decision]);
   }
 }
 
@@ -925,11 +1035,18 @@ dom.messages.addEventListener("click", async (event) => {
 });
 
 // Client tools: one tab answers each call (a Web Lock decides which, where available).
+// An answer that cannot be sent (no connection) frees the lock at once and is sent again after
+// the next session.ready, if the call is still open then.
 async function answerToolCall(record) {
+  if (record.answering || record.resolved) return;
+  record.answering = true;
   const status = record.el.querySelector(".pending__status");
+  const current = () => record.generation === state.generation && record.socket === state.socket && !record.resolved;
   const run = async () => {
-    const { output, is_error } = await runClientTool(record.item.name, record.item.arguments);
-    const sent = state.socket && state.socket.send({
+    if (!record.result) record.result = await runClientTool(record.item.name, record.item.arguments);
+    if (!current()) return false; // another chat is open now, or the call was closed meanwhile
+    const { output, is_error } = record.result;
+    const sent = record.socket && record.socket.send({
       type: "tool_result",
       tool_call_id: record.id,
       output,
@@ -939,24 +1056,31 @@ async function answerToolCall(record) {
     if (!sent) {
       status.textContent = "Not connected; the result will be sent after reconnecting.";
       record.retry = true;
-      return;
+      return false;
     }
     record.retry = false;
     record.el.append(h("details", { class: "card__details" }, h("summary", { text: is_error ? "Error" : "Result" }), h("pre", { text: pretty(output) })));
     resolvePending(record.key, is_error ? "error" : "answered", is_error ? "Answered with an error: this page has no such tool." : "Answered by this browser.");
+    return true;
   };
-  if (navigator.locks && navigator.locks.request) {
-    await navigator.locks.request(`chat-tool-${record.id}`, { ifAvailable: true }, async (lock) => {
-      if (!lock) {
-        status.textContent = "Answered in another tab.";
-        return;
-      }
+  try {
+    if (navigator.locks && navigator.locks.request) {
+      await navigator.locks.request(`chat-tool-${record.id}`, { ifAvailable: true }, async (lock) => {
+        if (!lock) {
+          status.textContent = "Answered in another tab.";
+          // Looked at again after the next session.ready, in case that tab could not send it.
+          record.retry = true;
+          return;
+        }
+        // Held a little longer after sending, so a tab that sees the call late does not answer
+        // it twice; a failed send lets go at once, so the retry after reconnecting can take it.
+        if (await run()) await new Promise((resolve) => setTimeout(resolve, 5000));
+      });
+    } else {
       await run();
-      // Held a little longer, so a tab that sees the call late does not answer it twice.
-      await new Promise((resolve) => setTimeout(resolve, 5000));
-    });
-  } else {
-    await run();
+    }
+  } finally {
+    record.answering = false;
   }
 }
 
@@ -1024,21 +1148,27 @@ function setReactions(messageId, reactions) {
   }
 }
 
+// Optimistic: the chips change at once, and the request's answer is not applied on top, so a
+// `reaction.updated` frame (every tab gets one for each change) always has the last word. A
+// failed request puts the chips back, unless a frame has replaced them meanwhile.
 async function toggleReaction(entry, emoji) {
   const id = entry.data.id;
-  const existing = (entry.data.reactions || []).find((r) => r.emoji === emoji);
+  const before = entry.data.reactions || [];
+  const existing = before.find((r) => r.emoji === emoji);
+  const removing = !!(existing && existing.me);
+  const next = removing
+    ? before.map((r) => (r.emoji === emoji ? { ...r, count: r.count - 1, me: false } : r)).filter((r) => r.count > 0)
+    : existing
+      ? before.map((r) => (r.emoji === emoji ? { ...r, count: r.count + 1, me: true } : r))
+      : [...before, { emoji, count: 1, me: true }];
+  setReactions(id, next);
   try {
-    if (existing && existing.me) {
-      const next = (entry.data.reactions || [])
-        .map((r) => (r.emoji === emoji ? { ...r, count: r.count - 1, me: false } : r))
-        .filter((r) => r.count > 0);
-      await api.unreact(id, emoji);
-      setReactions(id, next);
-    } else {
-      const result = await api.react(id, emoji);
-      setReactions(id, result.reactions);
-    }
+    if (removing) await api.unreact(id, emoji);
+    else await api.react(id, emoji);
   } catch (err) {
+    if (removing && err instanceof ApiError && err.status === 404) return; // already gone
+    const now = state.messages.get(id);
+    if (now && now.data.reactions === next) setReactions(id, before);
     showNotice(errorText(err));
   }
 }
@@ -1085,19 +1215,30 @@ function applyFrame(frame) {
         if (entry) {
           if (entry.data.status === "streaming" && item.offset > entry.length) {
             setText(entry, item.content || "");
-            entry.gap = false;
+            fillGap(entry);
             scheduleRender(entry);
           }
         } else {
           upsertMessage({ id: item.message_id, role: "assistant", type: "text", status: "streaming", content: item.content || "", reactions: [] });
         }
       }
-      // A reply that is streaming here but not on the server finished meanwhile.
-      const stale = runningReplies().some((e) => !active.has(e.data.id));
-      if (stale) refreshTail(state.generation).catch(() => {});
+      // A reply that is streaming here but not on the server finished meanwhile: the history
+      // has its end. One the history does not know either (a placeholder made from a stray
+      // delta, never given a seq) is not a reply of this chat and goes.
+      const stale = runningReplies().filter((e) => !active.has(e.data.id));
+      if (stale.length) {
+        const generation = state.generation;
+        refreshTail(generation)
+          .then(() => {
+            if (generation !== state.generation) return;
+            for (const e of stale) if (e.data.status === "streaming" && !Number.isFinite(e.data.seq)) removeEntry(e);
+          })
+          .catch(() => {});
+      }
       syncPending(frame.pending);
+      resendOutstanding();
       for (const resolve of state.readyWaiters.splice(0)) resolve(true);
-      for (const record of state.pending.values()) if (record.retry) answerToolCall(record);
+      for (const record of state.pending.values()) if (record.retry && !record.resolved) answerToolCall(record);
       break;
     }
     case "message.created":
@@ -1151,11 +1292,12 @@ const ERROR_TEXT = {
 
 function handleError(frame) {
   const requestId = frame.request_id == null ? "" : String(frame.request_id);
-  if (requestId.startsWith("tool:") && frame.code === "not_found") return; // another tab answered first
+  const decidedElsewhere = frame.code === "not_found" || frame.code === "already_decided";
+  if (requestId.startsWith("tool:") && decidedElsewhere) return; // another tab answered first
   if (requestId.startsWith("decide:")) {
     const record = state.pending.get(requestId.slice(7));
     if (record) {
-      if (frame.code === "not_found") {
+      if (decidedElsewhere) {
         resolvePending(record.key, "closed", "Already decided elsewhere.");
         return;
       }
@@ -1165,11 +1307,8 @@ function handleError(frame) {
   }
   const send = state.sends.get(requestId);
   if (send) {
-    send.el.remove();
-    state.sends.delete(requestId);
+    dropSend(requestId);
     if (!dom.input.value) dom.input.value = send.content;
-    updateComposer();
-    updateEmpty();
     autosize();
   }
   if (requestId === "switch_agent") renderHeader();
@@ -1180,6 +1319,8 @@ function handleError(frame) {
 
 function clearSession() {
   state.generation += 1;
+  clearTimeout(state.gapTimer);
+  state.gapTimer = null;
   if (state.socket) state.socket.close();
   state.socket = null;
   state.current = null;
@@ -1189,7 +1330,7 @@ function clearSession() {
   state.queue = null;
   state.readySeen = 0;
   state.olderUrl = null;
-  state.tailUrl = null;
+  state.loadingOlder = false;
   closePicker();
   dom.messages.replaceChildren();
   dom.older.hidden = true;
@@ -1241,6 +1382,7 @@ async function selectSession(id) {
   dom.messages.removeAttribute("aria-busy");
   flushQueue(generation);
   scrollToBottom();
+  maybeLoadOlder();
 }
 
 function waitForReady(timeout) {
@@ -1297,7 +1439,10 @@ async function sendMessage(content) {
     h("div", { class: "msg__avatar", "aria-hidden": "true" }, "You"),
     h("div", { class: "msg__main" }, h("header", { class: "msg__meta" }, h("span", { class: "msg__author", text: "You" }), h("span", { class: "msg__time", text: "Sending…" })), h("div", { class: "msg__body", text: content })),
   );
-  state.sends.set(clientId, { el: bubble, content });
+  // sent: went out over the socket (re-sent after every session.ready until its
+  // message.created comes); rest: went out over REST instead (never re-sent on the socket).
+  const send = { el: bubble, content, sent: false, rest: false };
+  state.sends.set(clientId, send);
   dom.messages.append(bubble);
   scrollToBottom();
   dom.input.value = "";
@@ -1307,20 +1452,53 @@ async function sendMessage(content) {
   updateEmpty();
   const isFirst = !session.title && state.messages.size === 0;
   const ready = await waitForReady(5000);
-  if (generation !== state.generation) return;
-  if (!(ready && state.socket.send({ type: "user_message", content, client_id: clientId, request_id: clientId }))) {
+  if (generation !== state.generation || state.sends.get(clientId) !== send) return;
+  if (ready && state.socket.send(userMessageFrame(clientId, send))) {
+    send.sent = true;
+  } else {
     // No socket: the same turn over REST; the socket catches up with the reply when it is back.
+    // The answer carries no client_id, so the bubble is replaced here, not by message.created.
+    send.rest = true;
     try {
       const message = await api.postMessage(session.id, content, clientId);
-      if (generation === state.generation) upsertMessage(message);
+      if (generation !== state.generation) return;
+      dropSend(clientId, false);
+      upsertMessage(message);
     } catch (err) {
-      handleError({ type: "error", code: err.code, detail: errorText(err), request_id: clientId });
+      if (generation === state.generation) handleError({ type: "error", code: err.code, detail: errorText(err), request_id: clientId });
       return;
     }
   }
   if (isFirst) {
     const title = content.trim().split("\n")[0].slice(0, 60);
     api.updateSession(session.id, { title }).then(upsertSession).catch(() => {});
+  }
+}
+
+function userMessageFrame(clientId, send) {
+  return { type: "user_message", content: send.content, client_id: clientId, request_id: clientId };
+}
+
+// The bubble of a send goes when the server has its message (or refused it).
+function dropSend(clientId, refresh = true) {
+  const send = state.sends.get(clientId);
+  if (!send) return;
+  send.el.remove();
+  state.sends.delete(clientId);
+  if (refresh) {
+    updateComposer();
+    updateEmpty();
+  }
+}
+
+// A frame sent just before the connection died may never have reached the server. After every
+// session.ready (the history has caught up by then, so what arrived is known), what is still
+// outstanding goes again with the same client_id: the server makes a repeat idempotent and
+// answers it with the existing messages' message.created.
+function resendOutstanding() {
+  if (!state.socket) return;
+  for (const [clientId, send] of state.sends) {
+    if (send.sent && !send.rest) state.socket.send(userMessageFrame(clientId, send));
   }
 }
 

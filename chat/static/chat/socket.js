@@ -5,6 +5,8 @@
 
 const CLOSE_UNAUTHENTICATED = 4401;
 const CLOSE_NOT_FOUND = 4404;
+const PING_AFTER_MS = 25000;
+const DEAD_AFTER_MS = 75000;
 
 export class ChatSocket {
   constructor(sessionId, { onFrame, onState, onFatal }) {
@@ -22,12 +24,13 @@ export class ChatSocket {
     // A quiet connection is checked with a ping; one that stays silent is replaced.
     this.heartbeat = setInterval(() => {
       if (!this.isOpen) return;
-      if (Date.now() - this.lastFrameAt > 75000) {
-        this.ws.close(4000, "heartbeat timeout");
+      const quiet = Date.now() - this.lastFrameAt;
+      if (quiet > DEAD_AFTER_MS) {
+        this.dropDeadLink();
         return;
       }
-      if (Date.now() - this.lastFrameAt > 25000) this.send({ type: "ping" });
-    }, 25000);
+      if (quiet > PING_AFTER_MS) this.send({ type: "ping" });
+    }, PING_AFTER_MS);
     this._online = () => this.reconnectNow();
     this._offline = () => this.setState("offline");
     window.addEventListener("online", this._online);
@@ -60,7 +63,11 @@ export class ChatSocket {
     this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
     const ws = new WebSocket(this.url);
     this.ws = ws;
+    ws.onopen = () => {
+      if (this.ws === ws) this.lastFrameAt = Date.now();
+    };
     ws.onmessage = (event) => {
+      if (this.ws !== ws) return; // a socket that was given up on
       this.lastFrameAt = Date.now();
       let frame;
       try {
@@ -89,6 +96,22 @@ export class ChatSocket {
     ws.onerror = () => {
       // onclose follows and decides what to do.
     };
+  }
+
+  // A link that stays silent is dead, but closing it may not fire `onclose` for a long time (the
+  // closing handshake waits for a peer that is gone). It is let go of at once, and the next
+  // connection is scheduled here.
+  dropDeadLink() {
+    const ws = this.ws;
+    if (!ws) return;
+    this.ws = null;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(4000, "heartbeat timeout");
+    } catch {
+      // Closing a dead socket may throw; it is already let go of.
+    }
+    this.scheduleReconnect();
   }
 
   scheduleReconnect() {
