@@ -52,12 +52,14 @@ def storable_text(text: str) -> str:
 
 
 def storable_json(value: Any) -> Any:
-    """A JSON value from a model (tool arguments) cleaned like `storable_text`."""
-    import json
-
-    encoded = json.dumps(value, ensure_ascii=False, default=str)
-    cleaned = storable_text(encoded).replace("\\u0000", "")
-    return value if cleaned == encoded else json.loads(cleaned)
+    """A JSON value from a model (tool arguments) with every string, keys too, cleaned like `storable_text`."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): storable_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable_json(v) for v in value]
+    return value
 
 
 def validate_content(content: object) -> str:

@@ -42,6 +42,7 @@ SCENARIOS = {
     "thinking": "reasoning chunks for a while (no content), then text",
     "approval-and-calculator": "a webhook_post call (needs approval) and a calculator call in one reply",
     "webhook-round": "a webhook_post call to the URL in the last user message; once its result is back, text",
+    "bad-tool-characters": "a calculator call whose arguments hold a NUL character; once its result is back, text",
     "bad-characters": "text with a NUL character and a lone surrogate, as a broken model may send",
     "slow": "many text chunks, 0.05 s apart",
     "paced": "the plain text's chunks 0.05 s apart, then a usage chunk when asked for",
@@ -290,6 +291,13 @@ class _Handler(BaseHTTPRequestHandler):
             yield _chunk(model, {}, "tool_calls")
         elif model == "webhook-round":
             yield _chunk(model, {"content": "Posted."})
+            yield _chunk(model, {}, "stop")
+        elif model == "bad-tool-characters" and not results:
+            yield _chunk(model, {"tool_calls": [{"index": 0, "id": "call_nul", "type": "function", "function": {
+                "name": "calculator", "arguments": '{"expression": "2*3\\u0000"}'}}]})
+            yield _chunk(model, {}, "tool_calls")
+        elif model == "bad-tool-characters":
+            yield _chunk(model, {"content": "Computed."})
             yield _chunk(model, {}, "stop")
         elif model == "bad-characters":
             for piece in ["Null\u0000 byte", " and a lone \ud800", " surrogate."]:

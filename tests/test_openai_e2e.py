@@ -98,6 +98,16 @@ async def test_openai_text_no_database_stores_is_cleaned_not_lost(user, token, f
     await comm.disconnect()
 
 
+async def test_openai_tool_arguments_no_database_stores_are_cleaned(user, token, fake):  # type: ignore[no-untyped-def]
+    session, comm = await open_chat(user, token, fake, "bad-tool-characters")
+    await send(comm, {"type": "user_message", "content": "Multiply"})
+    final = (await frames_until(comm, "message.completed", where=lambda f: f["message"]["content"] == "Computed."))[-1]["message"]
+    assert final["status"] == "complete"
+    call = await db(lambda: ToolCall.objects.get(session=session))
+    assert (call.arguments, call.status, call.output["result"]) == ({"expression": "2*3"}, "done", 6)
+    await comm.disconnect()
+
+
 async def test_openai_tool_call_runs_server_tool_and_follow_up_carries_result(user, token, fake):  # type: ignore[no-untyped-def]
     session, comm = await open_chat(user, token, fake, "calculator-round")
     await send(comm, {"type": "user_message", "content": "What is 2*(3+4)?"})
