@@ -51,6 +51,14 @@ def _default_agents(request):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def token(user) -> str:  # type: ignore[no-untyped-def]
+    """alice's API token, for sockets opened with `Authorization: Token`."""
+    from tests.ws import token_for
+
+    return token_for(user)
+
+
+@pytest.fixture
 def make_user(db):  # type: ignore[no-untyped-def]
     from django.contrib.auth.models import User
 

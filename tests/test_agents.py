@@ -25,11 +25,6 @@ def session(user):  # type: ignore[no-untyped-def]
     return session_create(owner=user, title="Agents")
 
 
-@pytest.fixture
-def token(user) -> str:  # type: ignore[no-untyped-def]
-    return token_for(user)
-
-
 def created(frames: list[dict], kind: str) -> list[dict]:
     return [f["message"] for f in frames if f["type"] == "message.created" and f["message"]["type"] == kind]
 

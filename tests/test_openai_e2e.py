@@ -13,7 +13,7 @@ import pytest
 from chat.models import Agent, Message, ToolCall
 from sessions_app.services import session_create
 from tests.fake_openai import CALCULATOR_CALL_ID, TEXT, USAGE, FakeOpenAI
-from tests.ws import db, frames_until, merge_text, next_frame, open_socket, send, token_for
+from tests.ws import db, frames_until, merge_text, next_frame, open_socket, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,11 +33,6 @@ def _quick_limits(settings):  # type: ignore[no-untyped-def]
         "OPENAI_FIRST_TOKEN_TIMEOUT": 5.0,
         "OPENAI_MAX_RETRIES": 0,
     }
-
-
-@pytest.fixture
-def token(user) -> str:  # type: ignore[no-untyped-def]
-    return token_for(user)
 
 
 async def open_chat(user: Any, token: str, fake: FakeOpenAI, model: str) -> tuple[Any, Any]:

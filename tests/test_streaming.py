@@ -25,11 +25,6 @@ def session(user):  # type: ignore[no-untyped-def]
     return session_create(owner=user, title="Streaming")
 
 
-@pytest.fixture
-def token(user) -> str:  # type: ignore[no-untyped-def]
-    return token_for(user)
-
-
 def messages_of(session_id) -> list[Message]:  # type: ignore[no-untyped-def]
     return list(Message.objects.filter(session_id=session_id).order_by("seq"))
 
