@@ -232,5 +232,5 @@ class IdempotencyRecordAdmin(ReadOnlyAdmin):
 
 @admin.register(Worker)
 class WorkerAdmin(ReadOnlyAdmin):
-    list_display = ("id", "hostname", "pid", "channel", "started_at", "heartbeat_at")
+    list_display = ("id", "hostname", "pid", "started_at", "heartbeat_at")
     search_fields = ("id", "hostname")

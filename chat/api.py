@@ -7,7 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import idempotency, selectors, services, tools
+from chat import idempotency, selectors, tools
 from chat.serializers import (
     AgentSerializer,
     ErrorSerializer,
@@ -16,6 +16,7 @@ from chat.serializers import (
     ReactionCreateSerializer,
     ReactionsResponseSerializer,
 )
+from chat.turn import reactions, turns
 from sessions_app.selectors import session_get
 
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -69,7 +70,7 @@ class MessageCreate(APIView):
             if claim is not None and claim.record is not None:
                 idempotency.idempotency_release(record=claim.record)  # nothing ran: a corrected retry may
             raise
-        body = services.message_send(
+        body = turns.message_send(
             user=request.user, session=session, content=form.validated_data["content"],
             reply=form.validated_data["reply"], claim=claim,
         )
@@ -86,7 +87,7 @@ class MessageReactions(APIView):
         message = selectors.message_get(user=request.user, message_id=message_id)
         form = ReactionCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        created, summary = services.reaction_add(message=message, user=request.user, emoji=form.validated_data["emoji"])
+        created, summary = reactions.reaction_add(message=message, user=request.user, emoji=form.validated_data["emoji"])
         return Response(
             {"message_id": str(message.pk), "reactions": summary},
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
@@ -97,5 +98,5 @@ class MessageReactionDelete(APIView):
     @extend_schema(responses={204: None, 404: ErrorSerializer}, operation_id="messages_reactions_destroy")
     def delete(self, request: Request, message_id: str, emoji: str) -> Response:
         message = selectors.message_get(user=request.user, message_id=message_id)
-        services.reaction_remove(message=message, user=request.user, emoji=emoji)
+        reactions.reaction_remove(message=message, user=request.user, emoji=emoji)
         return Response(status=status.HTTP_204_NO_CONTENT)

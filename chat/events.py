@@ -1,57 +1,28 @@
-"""Server-to-client frames: built here, sent to every socket of a session through the channel layer.
+"""Server-to-client frames: built here as plain dicts, encoded to JSON once per frame.
 
-Frames are encoded to JSON once, here; consumers forward the text as it is. Frames about
-committed rows are sent only after the transaction commits (`broadcast_on_commit`).
+Steps record frames in the outbox (chat.turn.outbox); the engine's hub (chat.engine.hub)
+encodes each once and writes the same text to every socket of the session.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
-
-logger = logging.getLogger(__name__)
-
-# The group message type consumers handle: `{"type": "chat.frame", "text": "<json>"}`.
-FRAME = "chat.frame"
-
-
-def group_name(session_id: uuid.UUID | str) -> str:
-    return f"session.{uuid.UUID(str(session_id)).hex}"
 
 
 def encode(frame: dict[str, Any]) -> str:
     return json.dumps(frame, cls=DjangoJSONEncoder, ensure_ascii=False, separators=(",", ":"))
 
 
-def layer_message(frame: dict[str, Any]) -> dict[str, str]:
-    return {"type": FRAME, "text": encode(frame)}
+_dumps_str = json.JSONEncoder(ensure_ascii=False).encode
 
 
-async def abroadcast(session_id: uuid.UUID | str, frame: dict[str, Any]) -> None:
-    """Send a frame to every socket of the session. At most once: the database stays the truth."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        await layer.group_send(group_name(session_id), layer_message(frame))
-    except Exception:  # a full or unreachable layer must not break the turn
-        logger.warning("group_send failed for session %s", session_id, exc_info=True)
-
-
-def broadcast(session_id: uuid.UUID | str, frame: dict[str, Any]) -> None:
-    """Sync variant of `abroadcast`, for services and views."""
-    async_to_sync(abroadcast)(session_id, frame)
-
-
-def broadcast_on_commit(session_id: uuid.UUID | str, frame: dict[str, Any]) -> None:
-    transaction.on_commit(lambda: broadcast(session_id, frame))
+def encode_delta(message_id: str, offset: int, delta: str) -> str:
+    """A `message.delta` frame as text, exactly what `encode(message_delta(...))` gives, without the generic encoder."""
+    return f'{{"type":"message.delta","message_id":"{message_id}","offset":{offset},"delta":{_dumps_str(delta)}}}'
 
 
 # Frame builders ---------------------------------------------------------------

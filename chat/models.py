@@ -68,7 +68,7 @@ class Message(models.Model):
     reply_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies")
     metadata = models.JSONField(default=dict, blank=True)
     error = models.TextField(null=True, blank=True)
-    # The server process generating a streaming reply (see chat.workers); empty otherwise.
+    # The server process generating a streaming reply (see chat.turn.liveness); empty otherwise.
     worker_id = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -83,7 +83,7 @@ class Message(models.Model):
         ]
         indexes = [
             # Finding running replies (busy check, interrupted sweep) stays cheap however long the history.
-            models.Index(fields=["status"], condition=Q(status="streaming"), name="message_streaming"),
+            models.Index(fields=["session"], condition=Q(status="streaming"), name="message_streaming_session"),
             models.Index(fields=["reply_to"], name="message_reply_to"),
         ]
 
@@ -129,7 +129,6 @@ class Worker(models.Model):
     id = models.CharField(primary_key=True, max_length=64)
     hostname = models.CharField(max_length=255)
     pid = models.PositiveIntegerField()
-    channel = models.CharField(max_length=200, blank=True, default="")
     started_at = models.DateTimeField(auto_now_add=True)
     heartbeat_at = models.DateTimeField(db_index=True)
 
@@ -165,7 +164,7 @@ class ToolCall(models.Model):
     output = models.JSONField(null=True, blank=True)
     is_error = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
-    # When a server tool began to run, and in which process (see chat.workers): a call
+    # When a server tool began to run, and in which process (see chat.turn.liveness): a call
     # `running` in a dead process lost its result.
     started_at = models.DateTimeField(null=True, blank=True)
     worker_id = models.CharField(max_length=64, blank=True, default="")

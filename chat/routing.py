@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 
 from chat.models import Agent
-from sessions_app.models import ChatSession
 
 _WORD = re.compile(r"[a-z][a-z+#]{2,}")
 _STOP = {"the", "and", "for", "with", "this", "that", "are", "you", "your", "please", "can", "what", "how", "why", "from", "about"}
@@ -19,7 +18,7 @@ def _words(text: str) -> set[str]:
     return {w.rstrip("s") for w in _WORD.findall(text.lower()) if w not in _STOP}
 
 
-def route(*, session: ChatSession | None, content: str, include_orchestrator: bool = True) -> Agent | None:
+def route(*, content: str, include_orchestrator: bool = True) -> Agent | None:
     agents = list(Agent.objects.filter(is_active=True).order_by("pk"))
     stripped = content.strip()
     if include_orchestrator and re.match(r"^/plan(\s|$)", stripped) is not None:

@@ -18,27 +18,39 @@ if settings.SERVE_STATIC:
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from chat import routing_ws, workers  # noqa: E402
-from chat.auth import SocketAuthMiddleware  # noqa: E402
+from chat.engine.process import engine  # noqa: E402
+from chat.turn.replies import replies_mark_interrupted  # noqa: E402
+from chat.ws import routes  # noqa: E402
+from chat.ws.auth import SocketAuthMiddleware  # noqa: E402
 
 
 async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
-    # Replies started by REST requests run on this loop (see chat.streaming.spawn), and this
+    # Replies started by REST requests run on this loop (the engine binds to it), and this
     # process is in the worker list before its first reply exists.
-    workers.process.note_loop()
     try:
-        await workers.process.ensure_started()
+        await engine.start()
     except Exception:  # the database may be down: /healthz must still answer 503
-        logging.getLogger(__name__).warning("Could not join the worker list", exc_info=True)
+        logging.getLogger(__name__).warning("Could not start the engine", exc_info=True)
     await django_asgi_app(scope, receive, send)
 
 
 application = ProtocolTypeRouter(
     {
         "http": http_app,
-        "websocket": SocketAuthMiddleware(URLRouter(routing_ws.websocket_urlpatterns)),
+        "websocket": SocketAuthMiddleware(URLRouter(routes.websocket_urlpatterns)),
     }
 )
 
+
+def _startup_sweep() -> None:
+    """At server start: mark the replies of dead processes `interrupted`."""
+    try:
+        marked = replies_mark_interrupted()
+        if marked:
+            logging.getLogger(__name__).info("Marked %d interrupted replies at startup", len(marked))
+    except Exception:  # the database may not be migrated yet; the socket-open sweep covers it later
+        logging.getLogger(__name__).warning("Startup sweep skipped", exc_info=True)
+
+
 if os.environ.get("CHAT_SKIP_STARTUP_SWEEP") != "1":
-    workers.startup_sweep()
+    _startup_sweep()

@@ -13,9 +13,20 @@ HTTP_REQUESTS = Counter("chat_http_requests_total", "HTTP requests", ["method", 
 HTTP_LATENCY = Histogram("chat_http_request_seconds", "HTTP request latency", ["method"])
 TURNS_STARTED = Counter("chat_turns_started_total", "Assistant replies started")
 REPLIES_FINISHED = Counter("chat_replies_finished_total", "Assistant replies finished", ["status"])
-DELTA_FRAMES = Counter("chat_delta_frames_total", "message.delta frames broadcast")
+DELTA_FRAMES = Counter("chat_delta_frames_total", "message.delta frames made (each written to every socket of its session)")
+FRAMES_COALESCED = Counter("chat_frames_coalesced_total", "Deltas joined into an earlier frame for a socket whose connection was full")
 ACTIVE_REPLIES = Gauge("chat_active_replies", "Replies streaming in this process")
 OPEN_SOCKETS = Gauge("chat_open_sockets", "WebSockets open in this process")
+DB_QUEUE_SECONDS = Histogram(
+    "chat_db_queue_seconds", "Time a step waited for a database thread", ["pool"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+CHECKPOINT_SECONDS = Histogram("chat_checkpoint_seconds", "One checkpoint of every running reply of the process")
+CHECKPOINT_FAILURES = Counter("chat_checkpoint_failures_total", "Checkpoints that failed (the next one catches up)")
+BUS_PUBLISH_SECONDS = Histogram(
+    "chat_bus_publish_seconds", "One pipeline of frames to Redis", buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+BUS_FRAMES = Counter("chat_bus_frames_total", "Frames across processes (out, in, dropped)", ["direction"])
 
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}

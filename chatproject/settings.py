@@ -119,22 +119,11 @@ DATABASES = {"default": _db}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Redis: channel layer and cache when REDIS_URL is set; in-memory otherwise.
+# Redis: when REDIS_URL is set, the bus between server processes (chat.engine.bus) and the cache;
+# without it, one process and an in-memory cache. No Channels layer: sockets are written to directly.
 REDIS_URL = os.environ.get("REDIS_URL", "")
+CHANNEL_LAYERS: dict = {}
 if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # Longer than channels_redis's 5 s blocking pop: redis-py 8's default read timeout
-                # (5 s) would end idle receives with an error and close their sockets.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
-                "capacity": 2000,
-                "expiry": 60,
-                "prefix": os.environ.get("CHANNEL_PREFIX", "asgi"),
-            },
-        }
-    }
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -143,7 +132,6 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 2000, "expiry": 60}}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -221,6 +209,13 @@ CHAT = {
     "DEMO_SLOW_DELAY": env_float("DEMO_SLOW_DELAY", 0.1),
     # Streaming: the text so far is written at most this often (seconds).
     "CHECKPOINT_INTERVAL": env_float("CHECKPOINT_INTERVAL", 1.0),
+    # Deltas of a reply that arrive within this window (seconds) leave in one frame.
+    "STREAM_WINDOW": env_float("STREAM_WINDOW", 0.04),
+    # Threads that run database steps (0: by database, 1 + 2 on SQLite, 4 + 4 on PostgreSQL).
+    "DB_WRITE_THREADS": env_int("DB_WRITE_THREADS", 0),
+    "DB_READ_THREADS": env_int("DB_READ_THREADS", 0),
+    # Redis keys of the bus between processes.
+    "BUS_PREFIX": os.environ.get("CHANNEL_PREFIX", "asgi"),
     # A server process whose heartbeat is older than this is taken for dead.
     "WORKER_TIMEOUT": env_float("WORKER_TIMEOUT", 30.0),
     "WORKER_HEARTBEAT": env_float("WORKER_HEARTBEAT", 5.0),

@@ -16,8 +16,10 @@ class ChatSession(models.Model):
     title = models.CharField(max_length=200, blank=True, default="")
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.ORCHESTRATED)
     agent = models.ForeignKey("chat.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    # The last seq handed out; bumped under the session row lock (see chat.services).
+    # The last seq handed out, and the number of messages: both bumped under the session row lock
+    # in the transaction that adds the messages (see chat.turn.locking), never counted per request.
     seq = models.PositiveBigIntegerField(default=0)
+    message_count = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     # Last activity: set when the session is edited or gets a message.
     updated_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -3,20 +3,15 @@ from __future__ import annotations
 import uuid
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import Count, QuerySet
+from django.db.models import QuerySet
 
 from chat.exceptions import NotFound
 from sessions_app.models import ChatSession
 
 
 def session_list(*, user: AbstractBaseUser) -> QuerySet[ChatSession]:
-    """The user's sessions, newest activity first, each with `message_count`: one query per page."""
-    return (
-        ChatSession.objects.filter(owner=user)
-        .select_related("agent")
-        .annotate(message_count=Count("messages"))
-        .order_by("-updated_at", "-id")
-    )
+    """The user's sessions, newest activity first: one query per page, whatever the history."""
+    return ChatSession.objects.filter(owner=user).select_related("agent").order_by("-updated_at", "-id")
 
 
 def session_get(*, user: AbstractBaseUser, session_id: uuid.UUID | str) -> ChatSession:

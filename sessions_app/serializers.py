@@ -10,19 +10,14 @@ from sessions_app.models import ChatSession
 
 
 class SessionSerializer(serializers.ModelSerializer):
-    """The contract's `Session`; `message_count` comes from an annotation or is computed."""
+    """The contract's `Session`; `message_count` is kept on the row by every step that adds a message."""
 
     agent = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
-    message_count = serializers.SerializerMethodField()
 
     class Meta:
         model = ChatSession
         fields = ["id", "title", "mode", "agent", "created_at", "updated_at", "message_count"]
         read_only_fields = fields
-
-    def get_message_count(self, session: ChatSession) -> int:
-        count = getattr(session, "message_count", None)
-        return int(count) if count is not None else session.messages.count()
 
 
 class SessionWriteSerializer(serializers.Serializer):

@@ -7,6 +7,8 @@ from django.utils import timezone
 from chat import events
 from chat.exceptions import AgentNotFound, InvalidInput
 from chat.models import Agent, Message
+from chat.turn import outbox
+from chat.turn.locking import lock_session
 from sessions_app.models import ChatSession
 from sessions_app.serializers import session_data
 
@@ -29,9 +31,7 @@ def session_create(
     resolved = _resolve_agent(agent)
     if mode == ChatSession.Mode.DIRECT and resolved is None:
         raise AgentNotFound("Direct mode needs an agent: give the slug of an active agent.")
-    session = ChatSession.objects.create(owner=owner, title=title.strip(), mode=mode, agent=resolved)
-    session.message_count = 0
-    return session
+    return ChatSession.objects.create(owner=owner, title=title.strip(), mode=mode, agent=resolved)
 
 
 def session_update(
@@ -61,23 +61,21 @@ def session_update(
     with transaction.atomic():
         session.save(update_fields=fields)
         data = session_data(session)
-        events.broadcast_on_commit(session.pk, events.session_updated(data))
+        outbox.frame(session.pk, events.session_updated(data))
         if agent_changed or announce_switch:
-            events.broadcast_on_commit(session.pk, events.agent_switched(data))
+            outbox.frame(session.pk, events.agent_switched(data))
     return session
 
 
 def session_delete(*, session: ChatSession) -> None:
     """Delete the session with its messages and reactions; a reply still streaming is stopped."""
-    from chat import streaming
-
     session_id = session.pk
-    # Read before the delete: afterwards nothing says which process generates them.
-    running = list(Message.objects.filter(session=session, status=Message.Status.STREAMING).values_list("pk", "worker_id"))
     with transaction.atomic():
-        # The session row first, as every step of a turn locks it (chat.agentic): no deadlock with a reply ending.
-        ChatSession.objects.select_for_update().filter(pk=session_id).exists()
+        # The session row first, as every step of a turn locks it: no deadlock with a reply ending.
+        lock_session(session_id)
+        # Read under the lock, before the delete: afterwards nothing says which process generates them.
+        running = list(Message.objects.filter(session_id=session_id, status=Message.Status.STREAMING).values_list("pk", "worker_id"))
         session.delete()
-        events.broadcast_on_commit(session_id, events.session_deleted(session_id))
-    for message_id, worker_id in running:
-        streaming.request_cancel_sync(message_id, worker_id)
+        outbox.frame(session_id, events.session_deleted(session_id))
+        for message_id, worker_id in running:
+            outbox.after_commit(outbox.CancelReply(message_id, worker_id))

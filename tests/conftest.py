@@ -22,6 +22,15 @@ requires_postgres = pytest.mark.skipif(not on_postgres(), reason="needs DATABASE
 requires_redis = pytest.mark.skipif(not on_redis(), reason="needs REDIS_URL (run by .ci/run)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _engine_stops_before_the_test_database_goes(django_db_setup):  # type: ignore[no-untyped-def]
+    """The engine's database threads keep their connections: close them before the test database is dropped."""
+    yield
+    from chat.engine.process import engine
+
+    engine.close()
+
+
 @pytest.fixture(autouse=True)
 def _fast_settings(settings):  # type: ignore[no-untyped-def]
     """Quick demo replies and no write throttling unless a test asks for it."""

@@ -11,9 +11,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import services
 from chat.exports import session_export_json, session_export_markdown
 from chat.models import Agent, Approval, Message, Plan, Reaction, ToolCall
+from chat.turn import turns
 from sessions_app.models import ChatSession
 
 pytestmark = pytest.mark.django_db
@@ -26,7 +26,8 @@ def make_session(owner: Any, title: str = "", **fields: Any) -> ChatSession:
 
 
 def say(session: ChatSession, user: Any, content: str) -> Message:
-    return services.turn_start(session=session, user=user, content=content, reply=False).user_message
+    """A user message in the session (written as its owner: only owners send messages)."""
+    return turns.turn_start(session_id=session.pk, user=session.owner, content=content, reply=False).user_message
 
 
 def add_reply(

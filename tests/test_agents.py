@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from django.db.models import F
 
-from chat import workers
+from chat.engine.process import engine
 from chat.models import Approval, Message, Plan, ToolCall
 from sessions_app.models import ChatSession
 from sessions_app.services import session_create
@@ -346,7 +347,7 @@ async def test_an_approval_decided_long_after_the_call_runs_once_and_keeps_its_r
     await db(lambda: ToolCall.objects.filter(session=session).update(created_at=timezone.now() - timezone.timedelta(minutes=20)))
     await send(comm, {"type": "hitl_decision", "approval_id": request["approval_id"], "decision": "approve"})
     await _wait_received(webhook)
-    await workers.process._resume_stalled_turns()  # a heartbeat's sweep while the tool runs
+    await engine.sweep()  # a heartbeat's sweep while the tool runs
     webhook.gate.set()
     answer = (await frames_until(comm, "message.completed", where=lambda f: f["message"]["type"] == "text"))[-1]["message"]
     assert '"status": 200' in answer["content"]
@@ -363,7 +364,7 @@ async def test_a_running_plan_whose_process_died_is_taken_over(session, token): 
     plan = (await frames_until(comm, "plan.proposed"))[-1]  # the turn's last frame
     # As a process leaves it that approved the plan and died before its first step.
     await db(lambda: Plan.objects.filter(pk=plan["plan_id"]).update(status="running", worker_id="gone-host-1-deadbeef"))
-    await workers.process._resume_stalled_turns()
+    await engine.sweep()
     await frames_until(comm, "message.completed", where=lambda f: f["message"]["content"].startswith("Step 2"))
     stored = await db(lambda: Plan.objects.get(pk=plan["plan_id"]))
     for _ in range(50):
@@ -380,7 +381,7 @@ async def test_a_running_plan_whose_process_died_is_taken_over(session, token): 
 async def test_a_plan_whose_step_died_with_its_process_ends_failed(session, token):  # type: ignore[no-untyped-def]
     from django.utils import timezone
 
-    from chat.services import replies_mark_interrupted
+    from chat.turn.replies import replies_mark_interrupted
 
     comm = await open_socket(session.pk, token=token)
     await next_frame(comm)
@@ -397,16 +398,21 @@ async def test_a_plan_whose_step_died_with_its_process_ends_failed(session, toke
             session=locked, seq=locked.seq + 1, role="assistant", content="Step 1 of 2: half", status="streaming",
             worker_id="gone-host-2-deadbeef", metadata={"context": {"plan_id": plan["plan_id"], "step": 1, "steps": 2, "instruction": "step one"}},
         )
-        ChatSession.objects.filter(pk=session.pk).update(seq=locked.seq + 1)
+        ChatSession.objects.filter(pk=session.pk).update(seq=locked.seq + 1, message_count=F("message_count") + 1)
         Plan.objects.filter(pk=plan["plan_id"]).update(status="running", worker_id="gone-host-2-deadbeef", current_step=1, step_message=step)
         return step
 
     step = await db(as_a_dead_process_leaves_it)
     # One heartbeat's sweep: the reply is marked interrupted, then the plan is taken over.
     await db(replies_mark_interrupted)
-    await workers.process._resume_stalled_turns()
+    await engine.sweep()  # starts the takeover; it runs in the background, as after a real heartbeat
     assert (await db(lambda: Message.objects.get(pk=step.pk))).status == "interrupted"
-    assert (await db(lambda: Plan.objects.get(pk=plan["plan_id"]))).status == "failed"
+    for _ in range(100):
+        stored = await db(lambda: Plan.objects.get(pk=plan["plan_id"]))
+        if stored.status != "running":
+            break
+        await asyncio.sleep(0.02)
+    assert stored.status == "failed"
     assert not await db(lambda: Message.objects.filter(session=session, content__startswith="Step 2").exists())
     await comm.disconnect()
 
@@ -422,7 +428,7 @@ async def test_a_running_plan_of_a_live_process_elsewhere_is_left_alone(session,
     plan = (await frames_until(comm, "plan.proposed"))[-1]
     await db(lambda: Worker.objects.create(pk="live-host-3-cafe", hostname="elsewhere", pid=1, heartbeat_at=timezone.now()))
     await db(lambda: Plan.objects.filter(pk=plan["plan_id"]).update(status="running", worker_id="live-host-3-cafe"))
-    await workers.process._resume_stalled_turns()
+    await engine.sweep()
     await asyncio.sleep(0.2)
     stored = await db(lambda: Plan.objects.get(pk=plan["plan_id"]))
     assert (stored.status, stored.worker_id, stored.current_step) == ("running", "live-host-3-cafe", 0)

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from io import StringIO
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.db import database_sync_to_async
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from chat import events, services
 from chat.models import IdempotencyRecord, Message, Reaction
+from chat.turn import turns
 from sessions_app.models import ChatSession
+from tests.ws import next_frame, open_socket, token_for
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db
 def make_session(owner: Any, title: str, *, idle_days: float = 0, messages: int = 1) -> ChatSession:
     session = ChatSession.objects.create(owner=owner, title=title)
     for n in range(messages):
-        services.turn_start(session=session, user=owner, content=f"{title} message {n}", reply=False)
+        turns.turn_start(session_id=session.pk, user=owner, content=f"{title} message {n}", reply=False)
     if idle_days:
         ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now() - timedelta(days=idle_days))
     return session
@@ -34,7 +34,7 @@ def make_session(owner: Any, title: str, *, idle_days: float = 0, messages: int 
 def add_streaming_reply(session: ChatSession) -> Message:
     session.refresh_from_db()
     seq = session.seq + 1
-    ChatSession.objects.filter(pk=session.pk).update(seq=seq)
+    ChatSession.objects.filter(pk=session.pk).update(seq=seq, message_count=F("message_count") + 1)
     return Message.objects.create(
         session=session, seq=seq, role=Message.Role.ASSISTANT, content="still writ", status=Message.Status.STREAMING
     )
@@ -139,17 +139,17 @@ def test_purges_expired_idempotency_records(user):
     assert "Purged 1 expired idempotency records" in output
 
 
-def test_open_sockets_are_told_the_session_is_gone(user, django_capture_on_commit_callbacks):
-    idle = make_session(user, "idle", idle_days=40)
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.group_name(idle.pk), channel)
+@pytest.mark.django_db(transaction=True)
+async def test_open_sockets_are_told_the_session_is_gone(user):  # type: ignore[no-untyped-def]
+    idle = await database_sync_to_async(make_session)(user, "idle", idle_days=40)
+    comm = await open_socket(idle.pk, token=await database_sync_to_async(token_for)(user))
+    assert (await next_frame(comm))["type"] == "session.ready"
 
-    with django_capture_on_commit_callbacks(execute=True):
-        cleanup()
+    await database_sync_to_async(cleanup)()
 
-    frame = async_to_sync(layer.receive)(channel)
-    assert json.loads(frame["text"]) == {"type": "session.deleted", "id": str(idle.pk)}
+    assert await next_frame(comm) == {"type": "session.deleted", "id": str(idle.pk)}
+    assert (await comm.receive_output(timeout=5))["code"] == 4404
+    await comm.disconnect()
 
 
 @pytest.mark.parametrize(

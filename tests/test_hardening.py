@@ -8,10 +8,12 @@ import json
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db.models import F
 from django.utils import timezone
 
-from chat import agentic, services, streaming, workers
+from chat.engine.process import engine
 from chat.models import Message, ToolCall
+from chat.turn import agentic, replies, turns
 from chatproject.asgi import application
 from sessions_app.models import ChatSession
 from sessions_app.services import session_create
@@ -120,7 +122,7 @@ async def test_cookie_socket_from_another_port_is_refused(session, user, client)
 
 
 def test_a_secure_socket_needs_an_https_origin() -> None:
-    from chat.auth import origin_allowed
+    from chat.ws.auth import origin_allowed
 
     assert origin_allowed("https://localhost", "localhost", "wss")
     assert origin_allowed("https://localhost:443", "localhost", "wss")
@@ -155,7 +157,7 @@ async def test_reaction_added_while_streaming_survives_completion(session, user,
 
 @pytestmark_tx
 async def test_reply_is_saved_when_the_final_write_fails_once(session, user, monkeypatch):  # type: ignore[no-untyped-def]
-    original = services.reply_finish
+    original = replies.reply_finish
     failures = {"left": 1}
 
     def flaky(**kwargs):  # type: ignore[no-untyped-def]
@@ -164,7 +166,7 @@ async def test_reply_is_saved_when_the_final_write_fails_once(session, user, mon
             raise RuntimeError("database is locked")
         return original(**kwargs)
 
-    monkeypatch.setattr(services, "reply_finish", flaky)
+    monkeypatch.setattr(replies, "reply_finish", flaky)
     comm = await open_socket(session.pk, token=await db(token_for, user))
     await next_frame(comm)
     await send(comm, {"type": "user_message", "content": "hello"})
@@ -178,7 +180,7 @@ async def test_reply_never_stays_streaming_when_the_final_write_keeps_failing(se
     def broken(**kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("database is locked")
 
-    monkeypatch.setattr(services, "reply_finish", broken)
+    monkeypatch.setattr(replies, "reply_finish", broken)
     monkeypatch.setattr(asyncio, "sleep", _fast_sleep)
     comm = await open_socket(session.pk, token=await db(token_for, user))
     await next_frame(comm)
@@ -221,13 +223,13 @@ def test_idempotent_send_whose_answer_cannot_be_stored_creates_nothing(api, sess
 
 
 def _stranded_call(session: ChatSession) -> ToolCall:
-    turn = services.turn_start(session=session, user=session.owner, content="what is 6*7", reply=False)
+    turn = turns.turn_start(session_id=session.pk, user=session.owner, content="what is 6*7", reply=False)
     session.refresh_from_db()
     reply = Message.objects.create(
         session=session, seq=session.seq + 1, role="assistant", content="Calling calculator.", status="complete",
         reply_to=turn.user_message, agent_id=None,
     )
-    ChatSession.objects.filter(pk=session.pk).update(seq=session.seq + 1)
+    ChatSession.objects.filter(pk=session.pk).update(seq=session.seq + 1, message_count=F("message_count") + 1)
     call = ToolCall.objects.create(session=session, reply=reply, name="calculator", arguments={"expression": "6*7"})
     ToolCall.objects.filter(pk=call.pk).update(created_at=timezone.now() - timezone.timedelta(minutes=5))
     return call
@@ -239,7 +241,7 @@ async def test_tool_call_stranded_by_a_dead_process_is_resumed(session, user):  
     comm = await open_socket(session.pk, token=await db(token_for, user))
     await next_frame(comm)
     assert await db(agentic.stalled_replies) == [call.reply_id]
-    await workers.process._resume_stalled_turns()
+    await engine.sweep()
     frames = await frames_until(comm, "message.completed", where=lambda f: f["message"]["type"] == "text")
     assert '"result": 42' in frames[-1]["message"]["content"]
     assert (await db(lambda: ToolCall.objects.get(pk=call.pk))).status == "done"
@@ -254,7 +256,7 @@ async def test_tool_call_running_in_a_dead_process_fails_and_the_turn_goes_on(se
     comm = await open_socket(session.pk, token=await db(token_for, user))
     await next_frame(comm)
     assert await db(agentic.lost_calls) == [(call.pk, call.reply_id)]
-    await workers.process._resume_stalled_turns()
+    await engine.sweep()
     frames = await frames_until(comm, "message.completed", where=lambda f: f["message"]["type"] == "text")
     assert "server stopped while this tool ran" in frames[-1]["message"]["content"]
     stored = await db(lambda: ToolCall.objects.get(pk=call.pk))
@@ -271,13 +273,13 @@ async def test_deleting_a_session_stops_its_reply(session, user, api):  # type: 
     reply_id = (await frames_until(comm, "message.delta"))[-1]["message_id"]
     import uuid
 
-    assert streaming.active_run(uuid.UUID(reply_id)) is not None
+    assert uuid.UUID(reply_id) in engine.replies.running()
     assert (await database_sync_to_async(api.delete)(f"/api/v1/sessions/{session.pk}/")).status_code == 204
     frames = await frames_until(comm, "session.deleted")
     assert frames[-1]["id"] == str(session.pk)
     for _ in range(100):
-        if streaming.active_run(uuid.UUID(reply_id)) is None:
+        if uuid.UUID(reply_id) not in engine.replies.running():
             break
         await asyncio.sleep(0.02)
-    assert streaming.active_run(uuid.UUID(reply_id)) is None
+    assert uuid.UUID(reply_id) not in engine.replies.running()
     await comm.disconnect()

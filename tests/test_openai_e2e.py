@@ -228,7 +228,7 @@ async def test_a_new_message_supersedes_every_call_of_a_reply_that_waits_for_app
     # The calculator call queued behind the approval is not stalled, however long the person takes.
     from django.utils import timezone
 
-    from chat import agentic
+    from chat.turn import agentic
 
     await db(lambda: ToolCall.objects.filter(session=session).update(created_at=timezone.now() - timezone.timedelta(minutes=5)))
     assert await db(agentic.stalled_replies) == []

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db.models import F
 from django.utils import timezone
 
 from chat.models import Message, Worker
@@ -299,16 +300,16 @@ async def test_rest_send_with_reply_streams_to_sockets(session, token, api):  # 
 
 
 def _orphan_reply(session: ChatSession, worker_id: str, heartbeat_age: float) -> Message:
-    from chat.services import turn_start
+    from chat.turn.turns import turn_start
 
-    turn = turn_start(session=session, user=session.owner, content="question", reply=False)
+    turn = turn_start(session_id=session.pk, user=session.owner, content="question", reply=False)
     Worker.objects.update_or_create(
         pk=worker_id,
         defaults={"hostname": "elsewhere", "pid": 1, "heartbeat_at": timezone.now() - timezone.timedelta(seconds=heartbeat_age)},
     )
     session.refresh_from_db()
     seq = session.seq + 1
-    ChatSession.objects.filter(pk=session.pk).update(seq=seq)
+    ChatSession.objects.filter(pk=session.pk).update(seq=seq, message_count=F("message_count") + 1)
     return Message.objects.create(
         session=session, seq=seq, role="assistant", content="partial text", status="streaming",
         reply_to=turn.user_message, worker_id=worker_id,
@@ -330,7 +331,7 @@ async def test_reply_of_an_earlier_life_of_this_process_slot_is_marked_at_once(s
     """A container restarted with the same hostname and pid: the old row's heartbeat is fresh, yet it is dead."""
     import os
 
-    from chat import workers
+    from chat.turn import liveness as workers
 
     orphan = await db(_orphan_reply, session, f"{workers.HOSTNAME[:40]}-{os.getpid()}-0ldl1fe0", 0)
     await db(lambda: Worker.objects.filter(pk=orphan.worker_id).update(hostname=workers.HOSTNAME, pid=os.getpid()))

@@ -44,7 +44,7 @@ def _with_history(owner, count: int) -> ChatSession:  # type: ignore[no-untyped-
         ],
         batch_size=500,
     )
-    ChatSession.objects.filter(pk=session.pk).update(seq=count)
+    ChatSession.objects.filter(pk=session.pk).update(seq=count, message_count=count)
     return session
 
 

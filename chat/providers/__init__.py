@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chat.models import Agent
+from chat.turn.context import ReplyContext
+
+__all__ = ["Provider", "ProviderError", "ProviderEvent", "ReplyContext", "get_provider"]
 
 
 class ProviderError(Exception):
@@ -18,21 +21,6 @@ class ProviderEvent:
     kind: str  # "text" | "usage" | "tool_call"
     text: str = ""
     data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ReplyContext:
-    message_id: str
-    session_id: str
-    agent: Agent | None
-    # The conversation before this reply, oldest first: [{"role", "content", ...}].
-    history: list[dict[str, Any]]
-    # The user message this reply answers (empty when the reply continues after a tool or a plan step).
-    prompt: str
-    # Tools the agent may call: [{"name", "description", "parameters"}].
-    tools: list[dict[str, Any]] = field(default_factory=list)
-    # What the turn has done so far when it continues (tool results, plan step), for the provider to use.
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Provider(Protocol):

@@ -17,7 +17,7 @@ MAX_QUERIES = 6
 def fill_sessions(user, other_user, count: int) -> None:
     agent = Agent.objects.get(slug="assistant")
     sessions = ChatSession.objects.bulk_create(
-        [ChatSession(owner=user, title=f"s{i}", mode="direct", agent=agent, seq=2) for i in range(count)]
+        [ChatSession(owner=user, title=f"s{i}", mode="direct", agent=agent, seq=2, message_count=2) for i in range(count)]
     )
     messages = Message.objects.bulk_create(
         [
@@ -46,7 +46,7 @@ def fill_messages(session: ChatSession, user, other_user, count: int) -> None:
     reactions = [Reaction(message=m, user=user, emoji="\U0001f44d") for m in messages]
     reactions += [Reaction(message=m, user=other_user, emoji="\u2764\ufe0f") for m in messages[::3]]
     Reaction.objects.bulk_create(reactions)
-    ChatSession.objects.filter(pk=session.pk).update(seq=count)
+    ChatSession.objects.filter(pk=session.pk).update(seq=count, message_count=count)
 
 
 def count_queries(api, url: str) -> tuple[int, dict]:

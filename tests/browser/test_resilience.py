@@ -35,6 +35,7 @@ def _long_session(user, count: int):  # type: ignore[no-untyped-def]
 
 def _add_messages(session, first: int, count: int) -> None:  # type: ignore[no-untyped-def]
     """Messages written straight to the database: no frame tells an open page about them."""
+    from django.db.models import F
     from django.utils import timezone
 
     from chat.models import Message
@@ -43,7 +44,7 @@ def _add_messages(session, first: int, count: int) -> None:  # type: ignore[no-u
     Message.objects.bulk_create(
         [Message(session=session, seq=seq, role="user" if seq % 2 else "assistant", content=f"message number {seq}", status="complete") for seq in range(first, first + count)]
     )
-    ChatSession.objects.filter(pk=session.pk).update(seq=first + count - 1, updated_at=timezone.now())
+    ChatSession.objects.filter(pk=session.pk).update(seq=first + count - 1, message_count=F("message_count") + count, updated_at=timezone.now())
 
 
 def _seqs(chat: ChatPage) -> list[int]:

@@ -58,7 +58,7 @@ def test_screenshot(chat_page, live) -> None:  # type: ignore[no-untyped-def]
         Message.objects.filter(pk=message.pk).update(created_at=now + timedelta(minutes=minutes))
         messages.append(message)
     Reaction.objects.create(message=messages[1], user=user, emoji="👍")
-    ChatSession.objects.filter(pk=session.pk).update(seq=len(rows), updated_at=now)
+    ChatSession.objects.filter(pk=session.pk).update(seq=len(rows), message_count=len(rows), updated_at=now)
 
     chat: ChatPage = chat_page().login()
     chat.open(str(session.pk))

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
@@ -16,8 +15,10 @@ from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from chat import events
+from chat.engine.process import engine
 from chat.idempotency import idempotency_purge
 from chat.models import IdempotencyRecord, Message
+from chat.turn import outbox
 from sessions_app.models import ChatSession
 
 
@@ -37,11 +38,6 @@ def idle_sessions(*, cutoff: datetime) -> QuerySet[ChatSession]:
 def idle_sessions_streaming(*, cutoff: datetime) -> QuerySet[ChatSession]:
     """Idle sessions kept because a reply in them is still streaming."""
     return ChatSession.objects.filter(updated_at__lt=cutoff).filter(_streaming(OuterRef("pk")))
-
-
-async def _announce_deleted(session_ids: list[uuid.UUID]) -> None:
-    for session_id in session_ids:
-        await events.abroadcast(session_id, events.session_deleted(session_id))
 
 
 @dataclass(frozen=True)
@@ -79,7 +75,8 @@ def idle_sessions_delete_batch(*, cutoff: datetime, batch_size: int, skip: set[u
         if not doomed_ids:
             return BatchResult(len(candidates), 0, 0)
         _, per_model = ChatSession.objects.filter(pk__in=doomed_ids).delete()
-        transaction.on_commit(lambda: async_to_sync(_announce_deleted)(doomed_ids))
+        for session_id in doomed_ids:
+            outbox.frame(session_id, events.session_deleted(session_id))
     return BatchResult(len(candidates), per_model.get(ChatSession._meta.label, 0), per_model.get(Message._meta.label, 0))
 
 
@@ -124,6 +121,8 @@ class Command(BaseCommand):
             messages += batch.messages
         purged = idempotency_purge()
         kept = idle_sessions_streaming(cutoff=cutoff).count()
+        # Open sockets of deleted sessions are told, in whichever process they are, before this exits.
+        engine.wait_sent()
 
         self.stdout.write(self.style.SUCCESS(f"Deleted {sessions} sessions ({messages} messages)."))
         if kept:

@@ -11,11 +11,13 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from channels.auth import AuthMiddleware
-from channels.db import database_sync_to_async
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import split_domain_port, validate_host
+from rest_framework.authtoken.models import Token
+
+from chat.engine.process import engine
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -52,10 +54,7 @@ def _with_default_port(netloc: str, scheme: str) -> str:
     return f"{domain}:{port or ('443' if scheme == 'https' else '80')}"
 
 
-@database_sync_to_async
 def _user_for_token(key: str):  # type: ignore[no-untyped-def]
-    from rest_framework.authtoken.models import Token
-
     token = Token.objects.select_related("user").filter(key=key).first()
     if token is None or not token.user.is_active:
         return AnonymousUser()
@@ -71,7 +70,11 @@ class SocketAuthMiddleware:
         authorization = _header(scope, b"authorization")
         if authorization is not None:
             scheme, _, key = authorization.partition(" ")
-            user = await _user_for_token(key.strip()) if scheme.lower() == "token" and key.strip() else AnonymousUser()
+            if scheme.lower() == "token" and key.strip():
+                await engine.start()
+                user = await engine.read(_user_for_token, key.strip())
+            else:
+                user = AnonymousUser()
             return await self.inner({**scope, "user": user, "auth": "token"}, receive, send)
         if origin_allowed(_header(scope, b"origin"), _header(scope, b"host"), scope.get("scheme", "ws")):
             return await self.cookie_auth({**scope, "auth": "cookie"}, receive, send)

@@ -6,8 +6,10 @@ Each step is one short transaction that locks the rows it moves, so a decision c
 in whichever process and on whichever socket it arrives, and a side effect never repeats.
 When every call of a reply has ended, one continuation reply (same `reply_to`) streams the answer.
 
-Lock order: every step locks the session row first (`services.session_lock`), then the rows
-it moves. One order everywhere means two steps of one session never deadlock; they queue.
+Lock order: every step locks the session row first (`chat.turn.locking`), then the rows it
+moves, and passes the locked session down. One order everywhere means two steps of one
+session never deadlock; they queue. A step returns what runs next (a `Step`), or records it
+in the outbox (`chat.turn.outbox`): it never starts a task itself.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from chat import events, tools
-from chat.exceptions import ChatError, InvalidInput, NotFound
+from chat import events, routing, tools
+from chat.exceptions import Busy, ChatError, InvalidInput, NotFound
 from chat.models import Agent, Approval, Message, Plan, ToolCall
 from chat.serializers import message_data
-from chat.services import session_lock, storable_json, storable_text
-from sessions_app.models import ChatSession
+from chat.turn import liveness, outbox
+from chat.turn.locking import LockedSession, lock_session, session_step
+from chat.validation import storable_json, storable_text
 
 ENDED = (ToolCall.Status.DONE, ToolCall.Status.FAILED, ToolCall.Status.REJECTED, ToolCall.Status.SUPERSEDED)
 MAX_TOOL_ROUNDS = 5
@@ -69,15 +72,15 @@ def plan_frame(plan: Plan) -> dict[str, Any]:
     }
 
 
-def pending_items(*, session: ChatSession) -> list[dict[str, Any]]:
+def pending_items(*, session_id: uuid.UUID) -> list[dict[str, Any]]:
     """What waits for the client or a person: `session.ready.pending`. Three queries."""
     items: list[dict[str, Any]] = []
-    for call in ToolCall.objects.filter(session=session, status=ToolCall.Status.AWAITING_CLIENT).order_by("created_at"):
+    for call in ToolCall.objects.filter(session_id=session_id, status=ToolCall.Status.AWAITING_CLIENT).order_by("created_at"):
         items.append({"kind": "tool_call", **_without_type(tool_call_frame(call))})
-    approvals = Approval.objects.filter(session=session, status=Approval.Status.PENDING).select_related("tool_call")
+    approvals = Approval.objects.filter(session_id=session_id, status=Approval.Status.PENDING).select_related("tool_call")
     for approval in approvals.order_by("created_at"):
         items.append({"kind": "approval", **_without_type(approval_frame(approval))})
-    for plan in Plan.objects.filter(session=session, status=Plan.Status.PENDING).order_by("created_at"):
+    for plan in Plan.objects.filter(session_id=session_id, status=Plan.Status.PENDING).order_by("created_at"):
         items.append({"kind": "plan", **_without_type(plan_frame(plan))})
     return items
 
@@ -89,18 +92,11 @@ def _without_type(frame: dict[str, Any]) -> dict[str, Any]:
 # Messages in the history ----------------------------------------------------------------
 
 
-def _append_message(session: ChatSession, **fields: Any) -> Message:
-    """A complete message at the end of the session. Locks the session row; call inside atomic."""
-    from chat.services import allocate_seq
-
-    locked = ChatSession.objects.select_for_update(of=("self",)).get(pk=session.pk)
-    now = timezone.now()
-    message = Message.objects.create(
-        session=locked, seq=allocate_seq(locked), status=Message.Status.COMPLETE, completed_at=now, **fields
-    )
-    locked.updated_at = now
-    locked.save(update_fields=["seq", "updated_at"])
-    events.broadcast_on_commit(locked.pk, events.message_created(message_data(message)))
+def _append_message(locked: LockedSession, **fields: Any) -> Message:
+    """A complete message at the end of the locked session."""
+    now = locked.touch()
+    message = Message.objects.create(session=locked.session, seq=locked.allocate(), status=Message.Status.COMPLETE, completed_at=now, **fields)
+    outbox.frame(locked.pk, events.message_created(message_data(message)))
     return message
 
 
@@ -118,7 +114,7 @@ def _update_metadata(message_id: uuid.UUID | None, **changes: Any) -> None:
         return
     message.metadata = {**message.metadata, **changes}
     message.save(update_fields=["metadata"])
-    events.broadcast_on_commit(message.session_id, events.message_completed(message_data(message, with_reactions=True)))
+    outbox.frame(message.session_id, events.message_completed(message_data(message, with_reactions=True)))
 
 
 def storable_output(output: Any) -> tuple[Any, str]:
@@ -134,8 +130,8 @@ def storable_output(output: Any) -> tuple[Any, str]:
     return output, text
 
 
-def _record_result(call: ToolCall, output: Any, *, is_error: bool, status: str | None = None) -> Message:
-    """End a call with its output and put a `tool_result` message in the history. Call inside atomic."""
+def _record_result(locked: LockedSession, call: ToolCall, output: Any, *, is_error: bool, status: str | None = None) -> Message:
+    """End a call with its output and put a `tool_result` message in the history."""
     output, text = storable_output(output)
     call.output = output
     call.is_error = is_error
@@ -144,7 +140,7 @@ def _record_result(call: ToolCall, output: Any, *, is_error: bool, status: str |
     call.save(update_fields=["output", "is_error", "completed_at", "status"])
     _update_metadata(call.message_id, status=call.status)
     return _append_message(
-        call.session,
+        locked,
         role=Message.Role.TOOL,
         type=Message.Type.TOOL_RESULT,
         content=text,
@@ -194,14 +190,12 @@ def _problem(call: ToolCall) -> str | None:
     return None
 
 
-def _plan_steps(arguments: dict[str, Any], session: ChatSession) -> list[dict[str, str]]:
-    from chat import routing
-
+def _plan_steps(arguments: dict[str, Any]) -> list[dict[str, str]]:
     steps = []
     for step in arguments.get("steps", []):
         instruction = str(step.get("instruction", "")).strip()
         agent = Agent.objects.filter(slug=step.get("agent"), is_active=True, is_orchestrator=False).first() if step.get("agent") else None
-        agent = agent or routing.route(session=session, content=instruction, include_orchestrator=False)
+        agent = agent or routing.route(content=instruction, include_orchestrator=False)
         agent = agent or Agent.objects.filter(is_active=True, is_orchestrator=False).order_by("pk").first()
         steps.append({"agent": agent.slug if agent else "", "instruction": instruction})
     return steps
@@ -224,18 +218,20 @@ def advance_step(*, reply_id: uuid.UUID) -> Step:
     session_id = Message.objects.filter(pk=reply_id).values_list("session_id", flat=True).first()
     if session_id is None:
         return Step("done")
-    with transaction.atomic():
-        session_lock(session_id)
-        return _advance(reply_id)
+    try:
+        with session_step(session_id) as locked:
+            return _advance(locked, reply_id)
+    except NotFound:
+        return Step("done")
 
 
-def _advance(reply_id: uuid.UUID) -> Step:
+def _advance(locked: LockedSession, reply_id: uuid.UUID) -> Step:
     """What the reply's turn does next, decided and recorded in the caller's transaction.
 
     The session row must be locked. Whatever ends a call calls this in the same transaction,
     so between a result and what follows it there is no moment where the turn looks over
     (a new user message would be accepted) or where a crash leaves it with no next step.
-    A "run" or "continue" step must be driven by the caller (`turns.advance`).
+    A "run" or "continue" step must be driven by the caller (the engine's `drive.advance`).
     """
     reply = Message.objects.select_for_update(of=("self",)).select_related("session", "agent").filter(pk=reply_id).first()
     if reply is None:
@@ -251,7 +247,7 @@ def _advance(reply_id: uuid.UUID) -> Step:
         if call.status != ToolCall.Status.REQUESTED:
             waiting = True  # awaiting a person or the client, or running elsewhere
             break
-        step = _open_call(reply, call)
+        step = _open_call(locked, reply, call)
         if step is not None:
             return step
         if call.status in (ToolCall.Status.AWAITING_APPROVAL, ToolCall.Status.AWAITING_CLIENT):
@@ -269,7 +265,7 @@ def _advance(reply_id: uuid.UUID) -> Step:
         return Step("done")  # the plan decision says what happens next
     if int(reply.metadata.get("round", 0)) >= MAX_TOOL_ROUNDS:
         _append_message(
-            reply.session, role=Message.Role.ASSISTANT, type=Message.Type.TEXT, agent=reply.agent, reply_to=reply.reply_to,
+            locked, role=Message.Role.ASSISTANT, type=Message.Type.TEXT, agent=reply.agent, reply_to=reply.reply_to,
             content=f"I stopped after {MAX_TOOL_ROUNDS} rounds of tool calls without an answer.",
         )
         return Step("done", plan_id=plan_id)
@@ -279,7 +275,7 @@ def _advance(reply_id: uuid.UUID) -> Step:
     # A plan step's continuation is still that step: it carries the plan, and the plan follows it.
     step_context = {k: context[k] for k in ("plan_id", "step", "steps") if k in context}
     continuation = _start_reply(
-        reply.session, agent=reply.agent, reply_to=reply.reply_to,
+        locked, agent=reply.agent, reply_to=reply.reply_to,
         context={"continuation": True, "tool_results": results, **step_context}, round=int(reply.metadata.get("round", 0)) + 1,
     )
     if plan_id is not None:
@@ -294,29 +290,24 @@ def _uuid_or_none(value: Any) -> uuid.UUID | None:
         return None
 
 
-def _start_reply(session: ChatSession, *, agent: Agent | None, reply_to: Message | None, context: dict[str, Any], round: int = 0) -> Message:
-    """A new streaming assistant reply in an ongoing turn. Locks the session row; call inside atomic."""
-    from chat import workers
-    from chat.services import allocate_seq
-
-    locked = ChatSession.objects.select_for_update(of=("self",)).get(pk=session.pk)
+def _start_reply(locked: LockedSession, *, agent: Agent | None, reply_to: Message | None, context: dict[str, Any], round: int = 0) -> Message:
+    """A new streaming assistant reply in an ongoing turn; the caller returns it to be driven."""
+    locked.touch()
     message = Message.objects.create(
-        session=locked, seq=allocate_seq(locked), role=Message.Role.ASSISTANT, type=Message.Type.TEXT, content="",
-        status=Message.Status.STREAMING, agent=agent, reply_to=reply_to, worker_id=workers.WORKER_ID,
+        session=locked.session, seq=locked.allocate(), role=Message.Role.ASSISTANT, type=Message.Type.TEXT, content="",
+        status=Message.Status.STREAMING, agent=agent, reply_to=reply_to, worker_id=liveness.WORKER_ID,
         metadata={"context": context, "round": round},
     )
-    locked.updated_at = timezone.now()
-    locked.save(update_fields=["seq", "updated_at"])
-    events.broadcast_on_commit(locked.pk, events.message_created(message_data(message)))
+    outbox.frame(locked.pk, events.message_created(message_data(message)))
     return message
 
 
-def _open_call(reply: Message, call: ToolCall) -> Step | None:
+def _open_call(locked: LockedSession, reply: Message, call: ToolCall) -> Step | None:
     """Look at a requested call: fail it, ask a person, hand it to the client, or run it."""
     problem = _problem(call)
     tool = tools.get_tool(call.name)
     card = _append_message(
-        reply.session, role=Message.Role.ASSISTANT, type=Message.Type.TOOL_CALL, agent=call.agent, reply_to=reply.reply_to,
+        locked, role=Message.Role.ASSISTANT, type=Message.Type.TOOL_CALL, agent=call.agent, reply_to=reply.reply_to,
         content=f"{call.name}({_short_json(call.arguments)})",
         metadata={
             "tool_call_id": str(call.pk), "provider_call_id": call.provider_call_id, "name": call.name,
@@ -327,27 +318,27 @@ def _open_call(reply: Message, call: ToolCall) -> Step | None:
     call.message = card
     if problem is not None or tool is None:
         call.save(update_fields=["message"])
-        _record_result(call, {"error": problem}, is_error=True)
+        _record_result(locked, call, {"error": problem}, is_error=True)
         return None
     call.runs_on, call.needs_approval = tool.runs_on, tool.needs_approval
     if tool.name == "propose_plan":
-        steps = _plan_steps(call.arguments, reply.session)
+        steps = _plan_steps(call.arguments)
         plan_message = _append_message(
-            reply.session, role=Message.Role.ASSISTANT, type=Message.Type.PLAN, agent=call.agent, reply_to=reply.reply_to,
+            locked, role=Message.Role.ASSISTANT, type=Message.Type.PLAN, agent=call.agent, reply_to=reply.reply_to,
             content="Plan:\n" + "\n".join(f"{i + 1}. [{s['agent'] or 'assistant'}] {s['instruction']}" for i, s in enumerate(steps)),
         )
         plan = Plan.objects.create(session=reply.session, reply=reply, message=plan_message, steps=steps)
         plan_message.metadata = {"plan_id": str(plan.pk), "steps": steps, "status": plan.status}
         plan_message.save(update_fields=["metadata"])
         call.save(update_fields=["message", "runs_on", "needs_approval"])
-        _record_result(call, {"plan_id": str(plan.pk), "status": "proposed"}, is_error=False)
-        events.broadcast_on_commit(reply.session_id, plan_frame(plan))
+        _record_result(locked, call, {"plan_id": str(plan.pk), "status": "proposed"}, is_error=False)
+        outbox.frame(reply.session_id, plan_frame(plan))
         return None
     if tool.needs_approval:
         call.status = ToolCall.Status.AWAITING_APPROVAL
         call.save(update_fields=["message", "runs_on", "needs_approval", "status"])
         approval_message = _append_message(
-            reply.session, role=Message.Role.ASSISTANT, type=Message.Type.APPROVAL, agent=call.agent, reply_to=reply.reply_to,
+            locked, role=Message.Role.ASSISTANT, type=Message.Type.APPROVAL, agent=call.agent, reply_to=reply.reply_to,
             content=f"Approval needed: {call.name}({_short_json(call.arguments)})",
         )
         approval = Approval.objects.create(session=reply.session, tool_call=call, message=approval_message)
@@ -357,13 +348,13 @@ def _open_call(reply: Message, call: ToolCall) -> Step | None:
         }
         approval_message.save(update_fields=["metadata"])
         _update_metadata(card.pk, status=call.status)
-        events.broadcast_on_commit(reply.session_id, approval_frame(approval))
+        outbox.frame(reply.session_id, approval_frame(approval))
         return None
     if tool.runs_on == "client":
         call.status = ToolCall.Status.AWAITING_CLIENT
         call.save(update_fields=["message", "runs_on", "needs_approval", "status"])
         _update_metadata(card.pk, status=call.status)
-        events.broadcast_on_commit(reply.session_id, tool_call_frame(call))
+        outbox.frame(reply.session_id, tool_call_frame(call))
         return None
     call.save(update_fields=["message", "runs_on", "needs_approval"])
     _mark_running(call)
@@ -372,11 +363,9 @@ def _open_call(reply: Message, call: ToolCall) -> Step | None:
 
 def _mark_running(call: ToolCall) -> None:
     """The call is about to run in this process: a sweep in another process knows whose it is."""
-    from chat import workers
-
     call.status = ToolCall.Status.RUNNING
     call.started_at = timezone.now()
-    call.worker_id = workers.WORKER_ID
+    call.worker_id = liveness.WORKER_ID
     call.save(update_fields=["status", "started_at", "worker_id"])
 
 
@@ -393,33 +382,43 @@ def tool_run(*, call_id: uuid.UUID) -> tuple[Any, bool]:
         return {"error": str(exc)}, True
 
 
-def _lock_call(call_id: uuid.UUID) -> ToolCall | None:
+def _lock_call(call_id: uuid.UUID) -> tuple[LockedSession, ToolCall] | None:
     """Lock the call's session, then the call. Call inside transaction.atomic."""
     session_id = ToolCall.objects.filter(pk=call_id).values_list("session_id", flat=True).first()
     if session_id is None:
         return None
-    session_lock(session_id)
-    return ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent").filter(pk=call_id).first()
+    try:
+        locked = lock_session(session_id)
+    except NotFound:
+        return None
+    call = ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent").filter(pk=call_id).first()
+    return (locked, call) if call is not None else None
 
 
 def tool_call_complete(*, call_id: uuid.UUID, output: Any, is_error: bool) -> Step:
     """Store a server tool's result, and take the turn's next step in the same transaction."""
     with transaction.atomic():
-        call = _lock_call(call_id)
-        if call is None or call.status != ToolCall.Status.RUNNING:
+        held = _lock_call(call_id)
+        if held is None or held[1].status != ToolCall.Status.RUNNING:
             return Step("done")  # ended meanwhile (a sweep took it for lost): that step went on from there
-        _record_result(call, output, is_error=is_error)
-        return _advance(call.reply_id)
+        locked, call = held
+        _record_result(locked, call, output, is_error=is_error)
+        step = _advance(locked, call.reply_id)
+        locked.save()
+        return step
 
 
 def tool_call_fail(*, call_id: uuid.UUID, reason: str) -> Step:
     """End a call that could not finish (its result could not be saved, or its process died); the turn goes on."""
     with transaction.atomic():
-        call = _lock_call(call_id)
-        if call is None or call.status in ENDED:
+        held = _lock_call(call_id)
+        if held is None or held[1].status in ENDED:
             return Step("done")
-        _record_result(call, {"error": reason}, is_error=True)
-        return _advance(call.reply_id)
+        locked, call = held
+        _record_result(locked, call, {"error": reason}, is_error=True)
+        step = _advance(locked, call.reply_id)
+        locked.save()
+        return step
 
 
 STALLED_AFTER_SECONDS = 30
@@ -432,12 +431,10 @@ def lost_calls() -> list[tuple[uuid.UUID, uuid.UUID]]:
 
     To be ended with `tool_call_fail` (saying so), so the turn can go on. (call id, reply id) pairs.
     """
-    from chat import workers
-
     running = list(ToolCall.objects.filter(status=ToolCall.Status.RUNNING).values_list("pk", "reply_id", "worker_id", "started_at")[:200])
     if not running:
         return []
-    dead = workers.dead_worker_ids({worker_id for _, _, worker_id, _ in running})
+    dead = liveness.dead_worker_ids({worker_id for _, _, worker_id, _ in running})
     lost_before = timezone.now() - timezone.timedelta(seconds=RUNNING_LOST_AFTER_SECONDS)
     return [
         (call_id, reply_id) for call_id, reply_id, worker_id, started_at in running
@@ -471,28 +468,26 @@ WAITING = (ToolCall.Status.AWAITING_APPROVAL, ToolCall.Status.AWAITING_CLIENT)
 SUPERSEDED_OUTPUT = {"error": "Not run: the user sent a new message instead.", "superseded": True}
 
 
-def turn_admit(*, session: ChatSession) -> bool:
+def turn_admit(*, locked: LockedSession) -> None:
     """Make way for a new user turn, or raise Busy while the session's turn is not over.
 
     Not over: a tool about to run or running, or a plan running, unless what the turn does now
     is wait for the user. What waits for the user (an approval, a client tool call, a proposed
     plan, and so a plan whose step waits) is answered by the new message instead: it ends
     `superseded`, unrun, with the calls queued behind it, and its reply's turn ends without a
-    continuation. The session row must be locked (see `services.session_lock`). Two queries
-    when nothing is open. True when it added messages (the caller's copy of `seq` is stale).
+    continuation. Two queries when something is open; the caller's lock statement tells whether
+    anything is (see `chat.turn.turns`), so a turn with nothing open pays none.
     """
-    from chat.exceptions import Busy
-
     calls = list(
         ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent")
-        .filter(session=session).exclude(status__in=ENDED).order_by("reply_id", "ordinal")
+        .filter(session_id=locked.pk).exclude(status__in=ENDED).order_by("reply_id", "ordinal")
     )
     first_open: dict[uuid.UUID, ToolCall] = {}
     for call in calls:
         first_open.setdefault(call.reply_id, call)
     if any(call.status not in WAITING for call in first_open.values()):
         raise Busy("A tool is still running in this session; wait for the answer.")
-    plans = list(Plan.objects.select_for_update(of=("self",)).filter(session=session, status__in=[Plan.Status.PENDING, Plan.Status.RUNNING]))
+    plans = list(Plan.objects.select_for_update(of=("self",)).filter(session_id=locked.pk, status__in=[Plan.Status.PENDING, Plan.Status.RUNNING]))
     if any(p.status == Plan.Status.RUNNING for p in plans) and not calls:
         raise Busy("A plan is running in this session; wait for its last step.")
     now = timezone.now()
@@ -508,7 +503,7 @@ def turn_admit(*, session: ChatSession) -> bool:
             call.status, call.output, call.is_error, call.completed_at = ToolCall.Status.SUPERSEDED, SUPERSEDED_OUTPUT, True, now
             call.save(update_fields=["status", "output", "is_error", "completed_at"])
         else:
-            _record_result(call, SUPERSEDED_OUTPUT, is_error=True, status=ToolCall.Status.SUPERSEDED)
+            _record_result(locked, call, SUPERSEDED_OUTPUT, is_error=True, status=ToolCall.Status.SUPERSEDED)
     for plan in plans:
         plan.status, plan.decided_at, plan.worker_id = Plan.Status.SUPERSEDED, plan.decided_at or now, ""
         plan.save(update_fields=["status", "decided_at", "worker_id"])
@@ -518,33 +513,21 @@ def turn_admit(*, session: ChatSession) -> bool:
         for reply in Message.objects.select_for_update(of=("self",)).filter(pk__in=reply_ids):
             reply.metadata = {**reply.metadata, "continued": True}
             reply.save(update_fields=["metadata"])
-    return bool(calls)
 
 
 # Decisions from the client or a person ------------------------------------------------------
 
 
-def _lock_own_session(user: Any, session_id: uuid.UUID) -> ChatSession:
-    """Lock the user's session; another user's is not found, like a missing one."""
-    session = session_lock(session_id)
-    if session.owner_id != user.pk:
-        raise NotFound("Session not found.")
-    return session
-
-
-def _go_on(reply_id: uuid.UUID) -> None:
-    """Take the turn's next step in this transaction; after commit, drive it (run a tool, stream a reply)."""
-    from chat import streaming, turns
-
-    step = _advance(reply_id)
+def _go_on(locked: LockedSession, reply_id: uuid.UUID) -> None:
+    """Take the turn's next step in this transaction; after commit, the engine drives it (runs a tool, streams a reply)."""
+    step = _advance(locked, reply_id)
     if step.action in ("run", "continue"):
-        transaction.on_commit(lambda: streaming.spawn(turns.advance(reply_id, step)))
+        outbox.after_commit(outbox.Drive(reply_id, step))
 
 
 def tool_result_submit(*, user: Any, session_id: uuid.UUID, tool_call_id: uuid.UUID, output: Any, is_error: bool) -> None:
     """The client's answer to a `tool.call`. Once only; unknown or foreign ids are not found."""
-    with transaction.atomic():
-        _lock_own_session(user, session_id)
+    with session_step(session_id, owner_id=user.pk) as locked:
         call = (
             ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent")
             .filter(pk=tool_call_id, session_id=session_id).first()
@@ -553,16 +536,15 @@ def tool_result_submit(*, user: Any, session_id: uuid.UUID, tool_call_id: uuid.U
             raise NotFound("Tool call not found.")
         if call.status != ToolCall.Status.AWAITING_CLIENT:
             raise AlreadyDecided(f"This tool call is not waiting for a result (it is {call.status}).")
-        _record_result(call, output, is_error=is_error)
-        _go_on(call.reply_id)
+        _record_result(locked, call, output, is_error=is_error)
+        _go_on(locked, call.reply_id)
 
 
 def approval_decide(*, user: Any, session_id: uuid.UUID, approval_id: uuid.UUID, decision: str, comment: str) -> None:
     """Approve or reject a risky call. Once only: a second decision is refused and changes nothing."""
     if decision not in ("approve", "reject"):
         raise InvalidInput('decision must be "approve" or "reject".')
-    with transaction.atomic():
-        _lock_own_session(user, session_id)
+    with session_step(session_id, owner_id=user.pk) as locked:
         approval = (
             Approval.objects.select_for_update(of=("self",)).select_related("tool_call")
             .filter(pk=approval_id, session_id=session_id).first()
@@ -583,16 +565,15 @@ def approval_decide(*, user: Any, session_id: uuid.UUID, approval_id: uuid.UUID,
         else:
             call.status = ToolCall.Status.REJECTED
             reason = "A person rejected this call" + (f": {comment}" if comment else ".")
-            _record_result(call, {"error": reason, "rejected": True}, is_error=True, status=ToolCall.Status.REJECTED)
-        _go_on(call.reply_id)
+            _record_result(locked, call, {"error": reason, "rejected": True}, is_error=True, status=ToolCall.Status.REJECTED)
+        _go_on(locked, call.reply_id)
 
 
 def plan_decide(*, user: Any, session_id: uuid.UUID, plan_id: uuid.UUID, decision: str, comment: str) -> None:
     """Approve (the steps run in order, each by its agent) or reject (a short reply) a proposed plan."""
     if decision not in ("approve", "reject"):
         raise InvalidInput('decision must be "approve" or "reject".')
-    with transaction.atomic():
-        _lock_own_session(user, session_id)
+    with session_step(session_id, owner_id=user.pk) as locked:
         plan = (
             Plan.objects.select_for_update(of=("self",)).select_related("reply", "session")
             .filter(pk=plan_id, session_id=session_id).first()
@@ -607,19 +588,14 @@ def plan_decide(*, user: Any, session_id: uuid.UUID, plan_id: uuid.UUID, decisio
             plan.save(update_fields=["status", "comment", "decided_by", "decided_at"])
             _update_metadata(plan.message_id, status=plan.status, comment=comment)
             _append_message(
-                plan.session, role=Message.Role.ASSISTANT, type=Message.Type.TEXT, agent=plan.reply.agent,
+                locked, role=Message.Role.ASSISTANT, type=Message.Type.TEXT, agent=plan.reply.agent,
                 reply_to=plan.reply.reply_to, content="Understood: I will not carry out that plan.",
             )
             return
-        from chat import workers
-
-        plan.status, plan.worker_id = Plan.Status.RUNNING, workers.WORKER_ID
+        plan.status, plan.worker_id = Plan.Status.RUNNING, liveness.WORKER_ID
         plan.save(update_fields=["status", "comment", "decided_by", "decided_at", "worker_id"])
         _update_metadata(plan.message_id, status=plan.status, comment=comment)
-        from chat import streaming, turns
-
-        pid = plan.pk
-        transaction.on_commit(lambda: streaming.spawn(turns.run_plan(pid)))
+        outbox.after_commit(outbox.RunPlan(plan.pk))
 
 
 def plan_step_next(*, plan_id: uuid.UUID) -> uuid.UUID | None:
@@ -629,39 +605,43 @@ def plan_step_next(*, plan_id: uuid.UUID) -> uuid.UUID | None:
     driven by another live process is left to it; one whose driver died is taken over.
     Locks the session, then the plan.
     """
-    from chat import workers
-
     session_id = Plan.objects.filter(pk=plan_id).values_list("session_id", flat=True).first()
     if session_id is None:
         return None
-    with transaction.atomic():
-        session_lock(session_id)
-        plan = Plan.objects.select_for_update(of=("self",)).select_related("session", "reply", "step_message").filter(pk=plan_id).first()
-        if plan is None or plan.status != Plan.Status.RUNNING:
-            return None
-        if plan.worker_id != workers.WORKER_ID and plan.worker_id not in workers.dead_worker_ids({plan.worker_id}):
-            return None  # its driver is alive elsewhere
-        step_reply = plan.step_message
-        if step_reply is not None and step_reply.status == Message.Status.STREAMING:
-            return None  # still being written; its end (or the interrupted sweep) moves the plan on
-        if step_reply is not None and ToolCall.objects.filter(reply=step_reply).exclude(status__in=ENDED).exists():
-            return None  # the step's tools are under way (or wait for a person): their end moves the plan on
-        if step_reply is not None and step_reply.status != Message.Status.COMPLETE:
-            _plan_end(plan, Plan.Status.FAILED)
-            return None
-        if plan.current_step >= len(plan.steps):
-            _plan_end(plan, Plan.Status.DONE)
-            return None
-        index = plan.current_step
-        step = plan.steps[index]
-        agent = Agent.objects.filter(slug=step.get("agent"), is_active=True).first()
-        message = _start_reply(
-            plan.session, agent=agent, reply_to=plan.reply.reply_to,
-            context={"plan_id": str(plan.pk), "step": index + 1, "steps": len(plan.steps), "instruction": step["instruction"]},
-        )
-        plan.current_step, plan.step_message, plan.worker_id = index + 1, message, workers.WORKER_ID
-        plan.save(update_fields=["current_step", "step_message", "worker_id"])
-        return message.pk
+    try:
+        with session_step(session_id) as locked:
+            return _plan_step_next(locked, plan_id)
+    except NotFound:
+        return None
+
+
+def _plan_step_next(locked: LockedSession, plan_id: uuid.UUID) -> uuid.UUID | None:
+    plan = Plan.objects.select_for_update(of=("self",)).select_related("session", "reply", "step_message").filter(pk=plan_id).first()
+    if plan is None or plan.status != Plan.Status.RUNNING:
+        return None
+    if plan.worker_id != liveness.WORKER_ID and plan.worker_id not in liveness.dead_worker_ids({plan.worker_id}):
+        return None  # its driver is alive elsewhere
+    step_reply = plan.step_message
+    if step_reply is not None and step_reply.status == Message.Status.STREAMING:
+        return None  # still being written; its end (or the interrupted sweep) moves the plan on
+    if step_reply is not None and ToolCall.objects.filter(reply=step_reply).exclude(status__in=ENDED).exists():
+        return None  # the step's tools are under way (or wait for a person): their end moves the plan on
+    if step_reply is not None and step_reply.status != Message.Status.COMPLETE:
+        _plan_end(plan, Plan.Status.FAILED)
+        return None
+    if plan.current_step >= len(plan.steps):
+        _plan_end(plan, Plan.Status.DONE)
+        return None
+    index = plan.current_step
+    step = plan.steps[index]
+    agent = Agent.objects.filter(slug=step.get("agent"), is_active=True).first()
+    message = _start_reply(
+        locked, agent=agent, reply_to=plan.reply.reply_to,
+        context={"plan_id": str(plan.pk), "step": index + 1, "steps": len(plan.steps), "instruction": step["instruction"]},
+    )
+    plan.current_step, plan.step_message, plan.worker_id = index + 1, message, liveness.WORKER_ID
+    plan.save(update_fields=["current_step", "step_message", "worker_id"])
+    return message.pk
 
 
 def _plan_end(plan: Plan, status: str) -> None:
@@ -676,21 +656,19 @@ def stalled_plans() -> list[uuid.UUID]:
     Those whose driving process is dead, and this process's own that stand still: no step
     under way for a while (the end of a step moves its plan on at once; an error there left it).
     """
-    from chat import workers
-
     running = list(
         Plan.objects.filter(status=Plan.Status.RUNNING).order_by("decided_at")
         .values_list("pk", "worker_id", "decided_at", "step_message__status", "step_message__completed_at", "step_message_id")[:100]
     )
     if not running:
         return []
-    dead = workers.dead_worker_ids({row[1] for row in running})
+    dead = liveness.dead_worker_ids({row[1] for row in running})
     quiet = timezone.now() - timezone.timedelta(seconds=STALLED_AFTER_SECONDS)
     stalled = []
     for plan_id, worker_id, decided_at, step_status, step_completed_at, step_id in running:
         if worker_id in dead:
             stalled.append(plan_id)
-        elif worker_id == workers.WORKER_ID and step_status != Message.Status.STREAMING:
+        elif worker_id == liveness.WORKER_ID and step_status != Message.Status.STREAMING:
             since = step_completed_at if step_id is not None else decided_at
             if since is not None and since < quiet and not ToolCall.objects.filter(reply_id=step_id).exclude(status__in=ENDED).exists():
                 stalled.append(plan_id)

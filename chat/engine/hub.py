@@ -1,0 +1,269 @@
+"""Fan-out in the process: every frame of a session, encoded once, written to each of its sockets here.
+
+No channel layer sits between a reply and the sockets of its own process: the hub knows the
+sockets (`Sink`) of each session and writes to them directly, in one task, in one order. Frames
+for sockets in other processes go through the bus once per frame (chat.engine.bus).
+
+Deltas are coalesced on a process-wide tick. A reply appends the model's pieces to its run
+and marks itself dirty; the hub turns each dirty run's new text into one `message.delta`
+frame at most once per STREAM_WINDOW (a few tens of milliseconds), all runs in the same tick.
+An idle process sends the first piece at once; a busy one, or a fast model, gets several
+pieces per frame, and the ticks stretch when the loop falls behind, which coalesces more.
+A socket whose connection cannot take more (its transport's buffer is full) holds its frames
+and joins the deltas of a reply into one until the buffer drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from django.conf import settings
+
+from chat import events
+from chatproject import metrics
+
+logger = logging.getLogger(__name__)
+
+_DELTA_PREFIX = '{"type":"message.delta",'
+
+
+class Run(Protocol):
+    """What the hub needs of a streaming reply (chat.engine.replies.ReplyRun)."""
+
+    message_id: uuid.UUID
+    session_id: uuid.UUID
+    remote: bool
+
+    def take(self) -> tuple[int, str] | None: ...
+
+
+class Bus(Protocol):
+    shared: bool
+
+    async def watch(self, session_id: uuid.UUID) -> None: ...
+
+    def unwatch(self, session_id: uuid.UUID) -> None: ...
+
+    def publish(self, session_id: uuid.UUID, text: str, *, counted: Any = None, self_listens: bool = False) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+_ids = itertools.count(1)
+
+
+class Sink:
+    """One socket's way out. Frames wait here until the socket is accepted, or while its connection is full."""
+
+    def __init__(self, send: Callable[[str], Awaitable[None]], *, on_resync: Callable[[], None] | None = None) -> None:
+        self.id = next(_ids)
+        self._send = send
+        self.on_resync = on_resync
+        self.open = False  # until session.ready went out, frames wait
+        self.closed = False
+        self.paused = False  # the connection's buffer is full (see ChatConsumer's producer)
+        self.held: list[str | list[Any]] = []  # frame texts, or [message_id, offset, [pieces]] for joined deltas
+        self.wake: Callable[[Sink], None] | None = None
+
+    async def write(self, text: str) -> None:
+        if self.closed:
+            return
+        if self.open and not self.paused and not self.held:
+            await self._send(text)
+            return
+        self._hold(text)
+        if self.open and not self.paused:
+            await self.release()
+
+    def _hold(self, text: str) -> None:
+        if self.paused and text.startswith(_DELTA_PREFIX):
+            frame = json.loads(text)
+            last = self.held[-1] if self.held else None
+            if isinstance(last, list) and last[0] == frame["message_id"] and last[1] + sum(map(len, last[2])) == frame["offset"]:
+                last[2].append(frame["delta"])
+                metrics.FRAMES_COALESCED.inc()
+                return
+            self.held.append([frame["message_id"], frame["offset"], [frame["delta"]]])
+            return
+        self.held.append(text)
+
+    async def release(self) -> None:
+        """Write what was held (the socket opened, or its connection drained)."""
+        while self.held and not self.paused and not self.closed:
+            item = self.held.pop(0)
+            if isinstance(item, list):
+                item = events.encode_delta(item[0], item[1], "".join(item[2]))
+            await self._send(item)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.held and self.wake is not None:
+            self.wake(self)
+
+    def held_chars(self) -> int:
+        return sum(len(i) if isinstance(i, str) else sum(map(len, i[2])) + 80 for i in self.held)
+
+
+class Hub:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.window = settings.CHAT["STREAM_WINDOW"]
+        self.sessions: dict[uuid.UUID, set[Sink]] = {}
+        self.sinks: dict[int, Sink] = {}
+        self._dirty: dict[Run, None] = {}
+        self._out: deque[tuple[Sink, str | None]] = deque()
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._next_tick = 0.0
+        self._task = self._loop.create_task(self._run())
+
+    # Sockets ------------------------------------------------------------------------------------
+
+    async def join(self, session_id: uuid.UUID, sink: Sink) -> None:
+        """From now on the sink gets every frame of the session (held until `open`)."""
+        sink.wake = self._release_soon
+        self.sinks[sink.id] = sink
+        sinks = self.sessions.setdefault(session_id, set())
+        first = not sinks
+        sinks.add(sink)
+        if first:
+            await self.bus.watch(session_id)
+
+    def leave(self, session_id: uuid.UUID, sink: Sink) -> None:
+        sink.closed = True
+        self.sinks.pop(sink.id, None)
+        sinks = self.sessions.get(session_id)
+        if sinks is None:
+            return
+        sinks.discard(sink)
+        if not sinks:
+            del self.sessions[session_id]
+            self.bus.unwatch(session_id)
+
+    def open(self, sink: Sink) -> None:
+        """The socket is accepted and has its snapshot: release what waited, in order."""
+        sink.open = True
+        self._release_soon(sink)
+
+    def _release_soon(self, sink: Sink) -> None:
+        self._out.append((sink, None))
+        self._wake.set()
+
+    def has_sockets(self, session_id: uuid.UUID) -> bool:
+        return session_id in self.sessions
+
+    # Frames ---------------------------------------------------------------------------------------
+
+    def publish(self, session_id: uuid.UUID, frame: dict[str, Any]) -> None:
+        """A frame for every socket of the session, here and in other processes."""
+        text = events.encode(frame)
+        self.deliver(session_id, text)
+        if self.bus.shared:
+            self.bus.publish(session_id, text, self_listens=session_id in self.sessions)
+            self.bus.flush()
+
+    def deliver(self, session_id: uuid.UUID, text: str) -> None:
+        """A frame for the sockets of the session in this process only."""
+        sinks = self.sessions.get(session_id)
+        if sinks:
+            self._out.extend((sink, text) for sink in sinks)
+            self._wake.set()
+
+    def send_to(self, sink: Sink, text: str) -> None:
+        """A frame for one socket, in order with everything else it gets."""
+        self._out.append((sink, text))
+        self._wake.set()
+
+    def frame_from_bus(self, session_id: uuid.UUID, text: str) -> None:
+        self.deliver(session_id, text)
+
+    # Deltas -----------------------------------------------------------------------------------
+
+    def mark_dirty(self, run: Run) -> None:
+        if run not in self._dirty:
+            self._dirty[run] = None
+            self._wake.set()
+
+    def flush_run(self, run: Run) -> None:
+        """Send the run's text now (its end): the frames that follow must find it sent."""
+        self._dirty.pop(run, None)
+        self._stage(run)
+        self.bus.flush()
+
+    def _stage(self, run: Run) -> None:
+        taken = run.take()
+        if taken is None:
+            return
+        offset, delta = taken
+        text = events.encode_delta(str(run.message_id), offset, delta)
+        metrics.DELTA_FRAMES.inc()
+        sinks = self.sessions.get(run.session_id)
+        if sinks:
+            self._out.extend((sink, text) for sink in sinks)
+            self._wake.set()
+        if run.remote and self.bus.shared:
+            self.bus.publish(run.session_id, text, counted=run, self_listens=bool(sinks))
+
+    def _tick(self) -> None:
+        self._next_tick = self._loop.time() + self.window
+        runs, self._dirty = self._dirty, {}
+        for run in runs:
+            self._stage(run)
+        self.bus.flush()
+
+    async def _run(self) -> None:
+        loop = self._loop
+        while True:
+            try:
+                if self._dirty and loop.time() >= self._next_tick:
+                    self._tick()
+                if self._out:
+                    await self._drain()
+                    continue
+                self._wake.clear()
+                if self._dirty:
+                    timer = loop.call_at(self._next_tick, self._wake.set)
+                    await self._wake.wait()
+                    timer.cancel()
+                else:
+                    await self._wake.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("The hub failed to send; going on")
+
+    async def _drain(self) -> None:
+        out = self._out
+        while out:
+            sink, text = out.popleft()
+            if sink.closed:
+                continue
+            try:
+                if text is None:
+                    await sink.release()
+                else:
+                    await sink.write(text)
+            except Exception:
+                logger.warning("Writing to socket %s failed", sink.id, exc_info=True)
+
+    def resync_all(self) -> None:
+        """The link to other processes was lost for a while: every socket here gets a fresh snapshot."""
+        for sink in list(self.sinks.values()):
+            if sink.on_resync is not None:
+                sink.on_resync()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task

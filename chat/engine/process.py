@@ -1,0 +1,374 @@
+"""The engine of one server process: its event loop, its replies, its heartbeat and sweeps.
+
+`engine` is the only object that owns the loop. It is bound to the running loop once
+(`await engine.start()`, from the first request or socket), and everything it makes lives on
+that loop: the hub, the bus, the replies, the heartbeat. Outside a server (a management command,
+a sync test) effects are carried out on a private loop in a thread of its own.
+
+Steps run through `engine.write` / `engine.read` (chat.engine.db); what they committed, frames
+and replies to start, is dispatched here, on the loop, in commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import redis.asyncio as redis
+from django.conf import settings
+
+from chat.engine import db
+from chat.engine.bus import LocalBus, RedisBus, make_bus
+from chat.engine.drive import Driver
+from chat.engine.hub import Hub
+from chat.engine.replies import Replies
+from chat.turn import liveness, outbox
+from chat.turn import replies as turn_replies
+from chatproject import metrics
+
+logger = logging.getLogger(__name__)
+
+
+class _Running:
+    """What the engine made on one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, bus: LocalBus | RedisBus, hub: Hub, replies: Replies, driver: Driver) -> None:
+        self.loop = loop
+        self.bus = bus
+        self.hub = hub
+        self.replies = replies
+        self.driver = driver
+        self.tasks: list[asyncio.Task] = []
+        self.background: set[asyncio.Task] = set()
+
+
+class Engine:
+    def __init__(self) -> None:
+        self._running: _Running | None = None
+        self._starting: asyncio.Future[_Running] | None = None
+        self._private_loop: asyncio.AbstractEventLoop | None = None
+        self._private_lock = threading.Lock()
+        self._shutdown_hooked = False
+        outbox.install(self._effects_from_elsewhere)
+
+    # The loop ------------------------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        running = self._running
+        if running is None or running.loop.is_closed():
+            return None
+        return running.loop
+
+    @property
+    def hub(self) -> Hub:
+        return self._here().hub
+
+    @property
+    def replies(self) -> Replies:
+        return self._here().replies
+
+    @property
+    def bus(self) -> LocalBus | RedisBus:
+        return self._here().bus
+
+    def _here(self) -> _Running:
+        running = self._running
+        if running is None or running.loop is not asyncio.get_running_loop():
+            raise RuntimeError("The engine is not started on this event loop (await engine.start() first).")
+        return running
+
+    async def start(self) -> _Running:
+        """Bind to the running loop (once; again on a new loop, as each test has its own) and start the background work."""
+        loop = asyncio.get_running_loop()
+        running = self._running
+        if running is not None and running.loop is loop:
+            return running
+        starting = self._starting
+        if starting is not None and starting.get_loop() is loop:
+            return await asyncio.shield(starting)
+        self._starting = starting = loop.create_future()
+        try:
+            running = await self._start_on(loop)
+        except BaseException as exc:
+            self._starting = None
+            starting.set_exception(exc)
+            starting.exception()  # retrieved: a later caller retries
+            raise
+        starting.set_result(running)
+        return running
+
+    async def _start_on(self, loop: asyncio.AbstractEventLoop) -> _Running:
+        bus = make_bus(settings.REDIS_URL, settings.CHAT["BUS_PREFIX"])
+        hub = Hub(bus)
+        replies = Replies(hub, self)
+        running = _Running(loop, bus, hub, replies, Driver(replies, self))
+        self._running = running
+        running.tasks.append(loop.create_task(self._heartbeat(running)))
+        running.tasks.append(loop.create_task(self._checkpoints(running)))
+        if loop is not self._private_loop:
+            self._hook_server_shutdown()
+        await bus.start(_BusListener(self, running))
+        try:
+            # This process is in the worker list before its first reply exists.
+            await self.write(liveness.heartbeat)
+        except Exception:  # the database may be down; the heartbeat retries
+            logger.warning("First heartbeat failed", exc_info=True)
+        return running
+
+    def _private(self) -> asyncio.AbstractEventLoop:
+        """A loop of our own, for effects from code that runs outside a server."""
+        with self._private_lock:
+            if self._private_loop is None or self._private_loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="engine-loop", daemon=True).start()
+                self._private_loop = loop
+            return self._private_loop
+
+    def _target_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self.loop
+        if loop is not None and loop.is_running():
+            return loop
+        return self._private()
+
+    # Steps and their effects ------------------------------------------------------------------
+
+    async def write(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run a step that writes on a database thread; dispatch what it committed; return its value."""
+        return await self._step(db.pools()[0], fn, args, kwargs)
+
+    async def read(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run a step that only reads (or marks what is certainly stale) on a reading thread."""
+        return await self._step(db.pools()[1], fn, args, kwargs)
+
+    async def _step(self, pool: db.DbPool, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        result = await pool.run(fn, *args, **kwargs)
+        if result.effects:
+            self.dispatch(result.effects)
+        if result.error is not None:
+            raise result.error
+        return result.value
+
+    def dispatch(self, effects: list[outbox.Effect]) -> None:
+        """Carry out committed effects, in order, on the engine's loop."""
+        running = self._running
+        if running is None or running.loop is not _current_loop():
+            self._effects_from_elsewhere(effects)
+            return
+        for effect in effects:
+            if isinstance(effect, outbox.Frame):
+                running.hub.publish(effect.session_id, effect.frame)
+            elif isinstance(effect, outbox.StartReply):
+                self.spawn(running.driver.reply(effect.message_id, effect.context))
+            elif isinstance(effect, outbox.Drive):
+                self.spawn(running.driver.advance(effect.reply_id, effect.step))
+            elif isinstance(effect, outbox.RunPlan):
+                self.spawn(running.driver.run_plan(effect.plan_id))
+            elif isinstance(effect, outbox.CancelReply):
+                self.spawn(running.replies.request_cancel(effect.message_id, effect.worker_id or None))
+
+    def _effects_from_elsewhere(self, effects: list[outbox.Effect]) -> None:
+        """Effects committed outside the engine's loop (REST views, the admin, commands): handed over without waiting."""
+        loop = self._target_loop()
+
+        def carry_out() -> None:
+            running = self._running
+            if running is not None and running.loop is loop:
+                self.dispatch(effects)
+            else:
+                self._keep(loop, loop.create_task(self._dispatch_when_started(effects), context=contextvars.Context()))
+
+        loop.call_soon_threadsafe(carry_out, context=contextvars.Context())
+
+    async def _dispatch_when_started(self, effects: list[outbox.Effect]) -> None:
+        await self.start()
+        self.dispatch(effects)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a coroutine as a task of the process (not of the request or socket that caused it), kept until it ends.
+
+        The task starts with an empty context: it belongs to the process, and must not inherit
+        asgiref's "inside the sync thread" marker of whatever caused it.
+        """
+        running = self._running
+        if running is not None and running.loop is _current_loop():
+            self._keep(running.loop, running.loop.create_task(coro, context=contextvars.Context()))
+            return
+        loop = self._target_loop()
+        loop.call_soon_threadsafe(lambda: self._keep(loop, loop.create_task(coro, context=contextvars.Context())), context=contextvars.Context())
+
+    def _keep(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
+        running = self._running
+        holder = running.background if running is not None and running.loop is loop else _orphans
+        holder.add(task)
+        task.add_done_callback(lambda t: (holder.discard(t), _log_failure(t)))
+
+    async def send_to_worker(self, worker_id: str, message: dict[str, Any]) -> bool:
+        return await self._here().bus.send_to_worker(worker_id, message)
+
+    def wait_sent(self, timeout: float = 5.0) -> None:
+        """From sync code outside the loop: wait until the effects handed over so far were carried out and their
+        frames left the process (a management command that exits right after)."""
+        loop = self.loop or self._private_loop
+        if loop is None or loop.is_closed() or not loop.is_running() or loop is _current_loop():
+            return
+
+        async def sent() -> None:
+            running = await self.start()
+            await asyncio.sleep(0)  # after the dispatches queued before this
+            await running.bus.drain(timeout)
+
+        try:
+            asyncio.run_coroutine_threadsafe(sent(), loop).result(timeout + 1)
+        except Exception:
+            logger.warning("Frames may not all have left before exit", exc_info=True)
+
+    # Background work ----------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """What every third heartbeat does: end the replies of dead processes, pick up turns they left half-way."""
+        running = await self.start()
+        await self.write(turn_replies.replies_mark_interrupted, running_here=running.replies.running())
+        for work in await running.driver.resume_stalled():
+            self.spawn(work)
+
+    async def _heartbeat(self, running: _Running) -> None:
+        beats = 0
+        while True:
+            await asyncio.sleep(settings.CHAT["WORKER_HEARTBEAT"])
+            if self._running is not running:
+                return
+            try:
+                await self.write(liveness.heartbeat)
+                beats += 1
+                if beats % 3 == 0:
+                    await self.sweep()
+                if beats % 60 == 0:
+                    await self.write(liveness.forget_dead_workers)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("Heartbeat failed", exc_info=True)
+
+    async def _checkpoints(self, running: _Running) -> None:
+        while True:
+            await asyncio.sleep(settings.CHAT["CHECKPOINT_INTERVAL"])
+            if self._running is not running:
+                return
+            try:
+                await running.replies.checkpoint()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep streaming; the next checkpoint or the final save catches up
+                metrics.CHECKPOINT_FAILURES.inc()
+                logger.warning("Checkpoint failed", exc_info=True)
+
+    async def bus_answers(self) -> bool:
+        """Whether the way to other processes works (Redis answers); always, for one process alone."""
+        running = self._running
+        if running is not None and running.loop is _current_loop():
+            return await running.bus.ping()
+        if not settings.REDIS_URL:
+            return True
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+        try:
+            return bool(await client.ping())
+        finally:
+            await client.aclose()
+
+    async def mark_interrupted(self, session_id: uuid.UUID | None = None) -> None:
+        await self.write(turn_replies.replies_mark_interrupted, session_id=session_id, running_here=self._here().replies.running())
+
+    # Shutdown -----------------------------------------------------------------------------------
+
+    def _hook_server_shutdown(self) -> None:
+        """Under daphne (Twisted on asyncio): on SIGTERM, end this process's replies before it exits."""
+        if self._shutdown_hooked:
+            return
+        try:
+            from twisted.internet import reactor  # only under daphne; nothing to hook elsewhere
+        except ImportError:
+            return
+        if not getattr(reactor, "running", False):
+            return
+        reactor.addSystemEventTrigger("before", "shutdown", self._on_server_shutdown)
+        self._shutdown_hooked = True
+
+    def _on_server_shutdown(self):  # type: ignore[no-untyped-def]
+        from twisted.internet.defer import Deferred
+
+        return Deferred.fromFuture(asyncio.ensure_future(self.shutdown(), loop=self.loop))
+
+    async def shutdown(self) -> None:
+        """Stop replies (their text is saved, status `interrupted`) and leave the list of live processes."""
+        running = self._running
+        if running is None:
+            return
+        tasks = list(running.background)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
+        for task in running.tasks:
+            task.cancel()
+        try:
+            await self.write(liveness.forget_self)
+        except Exception:
+            logger.warning("Could not remove this process from the worker list", exc_info=True)
+        await running.hub.close()
+        await running.bus.close()
+        await asyncio.get_running_loop().run_in_executor(None, db.close_connections)
+
+
+    def close(self) -> None:
+        """From sync code at exit (tests, commands): stop the private loop's engine and close every connection."""
+        loop = self._private_loop
+        if loop is not None and loop.is_running() and self._running is not None and self._running.loop is loop:
+            try:
+                asyncio.run_coroutine_threadsafe(self.shutdown(), loop).result(15)
+            except Exception:
+                logger.warning("The engine did not stop cleanly", exc_info=True)
+        self._running = None
+        db.close_connections()
+
+
+class _BusListener:
+    """What the bus hands the engine: frames for local sockets, requests about local replies, a lost link."""
+
+    def __init__(self, engine: Engine, running: _Running) -> None:
+        self.engine = engine
+        self.running = running
+
+    def frame_from_bus(self, session_id: uuid.UUID, text: str) -> None:
+        self.running.hub.frame_from_bus(session_id, text)
+
+    async def control_from_bus(self, message: dict[str, Any]) -> None:
+        await self.running.replies.on_request(message)
+
+    def bus_reconnected(self) -> None:
+        self.running.hub.resync_all()
+
+
+_orphans: set[asyncio.Task] = set()
+
+
+def _current_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("Background task failed", exc_info=task.exception())
+
+
+engine = Engine()

@@ -1,0 +1,85 @@
+"""The one place that locks a session row.
+
+Every step that writes in a session locks its row first, then what it moves (messages, tool
+calls, approvals, plans). One order everywhere means two steps of one session never deadlock;
+they queue. The lock also serialises `seq`: it is bumped on the locked row, and the unique
+(session, seq) constraint backs it. On SQLite, where `select_for_update` is a no-op, the
+IMMEDIATE transactions of settings.py take the database's write lock at BEGIN instead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from chat.exceptions import NotFound
+from sessions_app.models import ChatSession
+
+
+class LockedSession:
+    """A session row locked until the transaction ends.
+
+    `seq`, `message_count` and `updated_at` change on this object and are written back with one
+    UPDATE by `save()` (`session_step` calls it on the way out), however many messages the step adds.
+    """
+
+    def __init__(self, session: ChatSession) -> None:
+        self.session = session
+        self._changed: set[str] = set()
+
+    @property
+    def pk(self) -> uuid.UUID:
+        return self.session.pk
+
+    def allocate(self, count: int = 1) -> int:
+        """The first of `count` new seqs, for `count` new messages."""
+        first = self.session.seq + 1
+        self.session.seq += count
+        self.session.message_count += count
+        self._changed.update(("seq", "message_count"))
+        return first
+
+    def touch(self, when: datetime | None = None) -> datetime:
+        """Mark activity (the sessions list is ordered by it)."""
+        self.session.updated_at = when or timezone.now()
+        self._changed.add("updated_at")
+        return self.session.updated_at
+
+    def save(self) -> None:
+        if self._changed:
+            ChatSession.objects.filter(pk=self.session.pk).update(**{name: getattr(self.session, name) for name in self._changed})
+            self._changed.clear()
+
+
+def lock_session(session_id: uuid.UUID, *, owner_id: int | None = None, annotate: dict[str, Any] | None = None) -> LockedSession:
+    """Lock the session row (with its agent); call inside transaction.atomic.
+
+    With `owner_id`, another user's session is not found, exactly like a missing one.
+    `annotate` adds expressions read in the same statement (a turn's busy checks).
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("lock_session must be called inside transaction.atomic()")
+    rows = ChatSession.objects.select_for_update(of=("self",)).select_related("agent").filter(pk=session_id)
+    if owner_id is not None:
+        rows = rows.filter(owner_id=owner_id)
+    if annotate:
+        rows = rows.annotate(**annotate)
+    session = rows.first()
+    if session is None:
+        raise NotFound("Session not found.")
+    return LockedSession(session)
+
+
+@contextmanager
+def session_step(session_id: uuid.UUID, *, owner_id: int | None = None, annotate: dict[str, Any] | None = None) -> Iterator[LockedSession]:
+    """A transaction that starts by locking the session and ends by writing its row back once."""
+    with transaction.atomic():
+        locked = lock_session(session_id, owner_id=owner_id, annotate=annotate)
+        yield locked
+        locked.save()
