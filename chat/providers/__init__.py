@@ -1,37 +1,16 @@
-"""Model providers. A provider turns a reply context into a stream of events (text, usage, tool calls)."""
+"""Model providers: the offline demo provider and the OpenAI-compatible one, chosen per agent."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
 from chat.models import Agent
-from chat.turn.context import ReplyContext
+from chat.providers.base import Provider, ProviderError, ProviderEvent, ReplyContext
+from chat.providers.demo import DemoProvider
+from chat.providers.openai_compat import OpenAICompatProvider
 
 __all__ = ["Provider", "ProviderError", "ProviderEvent", "ReplyContext", "get_provider"]
 
 
-class ProviderError(Exception):
-    """The model failed; the message is shown to the user as the reply's `error`."""
-
-
-@dataclass
-class ProviderEvent:
-    kind: str  # "text" | "usage" | "tool_call"
-    text: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-class Provider(Protocol):
-    def stream(self, ctx: ReplyContext) -> AsyncIterator[ProviderEvent]: ...
-
-
 def get_provider(agent: Agent | None) -> Provider:
     if agent is not None and agent.provider == Agent.Provider.OPENAI:
-        from chat.providers.openai_compat import OpenAICompatProvider
-
         return OpenAICompatProvider(agent)
-    from chat.providers.demo import DemoProvider
-
     return DemoProvider()

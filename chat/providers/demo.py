@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
-from chat.providers import ProviderError, ProviderEvent, ReplyContext
+from chat.providers.base import ProviderError, ProviderEvent, ReplyContext
 
 # `/slow N` at the start of the message; what follows it is ignored, as for every command.
 _SLOW = re.compile(r"^/slow(?:\s+(\d+))?(?:\s|$)")

@@ -30,7 +30,7 @@ import openai
 from django.conf import settings
 
 from chat.models import Agent
-from chat.providers import ProviderError, ProviderEvent, ReplyContext
+from chat.providers.base import ProviderError, ProviderEvent, ReplyContext
 
 logger = logging.getLogger(__name__)
 
