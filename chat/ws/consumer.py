@@ -163,20 +163,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.bucket = TokenBucket(settings.CHAT["WS_FRAMES_PER_SECOND"])
         await engine.start()
         sink = Sink(self._write, on_resync=self._resync_soon)
-        # Join before reading the snapshot: whatever is sent after this reaches us (held until it is sent).
+        # Join before reading the snapshot: whatever is sent after this reaches us (held until the snapshot went out).
         await engine.hub.join(self.session_id, sink)
+        self.sink = sink
+        await self.accept()
         try:
             snapshot = await engine.read(session_snapshot, user=user, session_id=self.session_id, running_here=engine.replies.running())
         except NotFound:
-            engine.hub.leave(self.session_id, sink)
-            await self.accept()
+            await self.disconnect(CLOSE_NOT_FOUND)
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        except BaseException:
-            engine.hub.leave(self.session_id, sink)
-            raise
-        self.sink = sink
-        await self.accept()
         _Backpressure.attach(self, sink)
         metrics.OPEN_SOCKETS.inc()
         await self._write(events.encode(snapshot.frame))
@@ -185,7 +181,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         if self.sink is not None:
-            metrics.OPEN_SOCKETS.dec()
+            if self.sink.open:
+                metrics.OPEN_SOCKETS.dec()
             engine.hub.leave(self.session_id, self.sink)
             self.sink = None
 
