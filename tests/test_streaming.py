@@ -377,3 +377,26 @@ async def test_cancel_sent_right_after_the_message_still_stops_the_reply(session
     assert final["status"] == "cancelled"
     assert "chunk 300" not in final["content"]
     await comm.disconnect()
+
+
+async def test_frames_carry_exactly_the_message_shape_of_rest(session, token, api):  # type: ignore[no-untyped-def]
+    """Frames build the Message shape by hand (the hot path); it must be what the REST API gives, field for field."""
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": "same shape é ✓", "client_id": str(uuid.uuid4())})
+    frames = await frames_until(comm, "message.completed")
+    await send(comm, {"type": "user_message", "content": '/tool calculator {"expression": "6*7"}'})
+    frames += await frames_until(comm, "message.completed", where=lambda f: f["message"]["type"] == "text" and f["message"]["status"] == "complete" and "tools said" in f["message"]["content"])
+    await comm.disconnect()
+    rest = {m["id"]: m for m in (await database_sync_to_async(api.get)(f"/api/v1/sessions/{session.pk}/messages/?limit=200")).json()["results"]}
+    latest: dict[str, dict] = {}
+    for frame in frames:
+        if frame["type"] in ("message.created", "message.completed"):
+            latest[frame["message"]["id"]] = frame["message"]
+    assert {m["type"] for m in latest.values()} >= {"text", "tool_call", "tool_result"}
+    assert set(latest) == set(rest)
+    for message_id, message in latest.items():
+        expected = rest[message_id]
+        expected["metadata"].pop("continued", None)  # bookkeeping of the turn, set after the reply's last frame
+        assert list(message) == list(expected)
+        assert message == expected, message_id
