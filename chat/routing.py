@@ -18,8 +18,10 @@ def _words(text: str) -> set[str]:
     return {w.rstrip("s") for w in _WORD.findall(text.lower()) if w not in _STOP}
 
 
-def route(*, content: str, include_orchestrator: bool = True) -> Agent | None:
-    agents = list(Agent.objects.filter(is_active=True).order_by("pk"))
+def route(*, content: str, include_orchestrator: bool = True, agents: list[Agent] | None = None) -> Agent | None:
+    """The agent for `content` among `agents` (the active agents, in creation order; read here when not given)."""
+    if agents is None:
+        agents = list(Agent.objects.filter(is_active=True).order_by("pk"))
     stripped = content.strip()
     if include_orchestrator and re.match(r"^/plan(\s|$)", stripped) is not None:
         return next((a for a in agents if a.is_orchestrator), None)

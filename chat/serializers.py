@@ -89,7 +89,7 @@ class MessageSerializer(serializers.ModelSerializer):
         return summarize_reactions(cache["reactions"], self.context.get("viewer_id"))
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_datetime(value: datetime | None) -> str | None:
     """A datetime as DRF's DateTimeField writes it (ISO 8601 in UTC, with Z)."""
     if value is None:
         return None
@@ -97,17 +97,22 @@ def _iso(value: datetime | None) -> str | None:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-def message_data(message: Message, viewer_id: int | None = None, *, with_reactions: bool = False) -> dict[str, Any]:
+def message_data(
+    message: Message, viewer_id: int | None = None, *, with_reactions: bool = False, reactions: Iterable[Reaction] | None = None
+) -> dict[str, Any]:
     """The Message shape, as `MessageSerializer` gives it, built by hand: frames are built on the hot path.
 
-    `with_reactions` reads them (one query) for a message that may have some.
+    `with_reactions` reads them (one query) for a message that may have some; or pass `reactions`
+    already read (then `viewer_id` is the session's owner).
     """
-    reactions: list[dict[str, Any]] = []
-    if with_reactions:
+    summary: list[dict[str, Any]] = []
+    if reactions is not None:
+        summary = summarize_reactions(reactions, viewer_id)
+    elif with_reactions:
         prefetch_related_objects([message], "reactions")
         if viewer_id is None:
             viewer_id = message.session.owner_id
-        reactions = summarize_reactions(message._prefetched_objects_cache["reactions"], viewer_id)
+        summary = summarize_reactions(message._prefetched_objects_cache["reactions"], viewer_id)
     agent = message.agent if message.agent_id is not None else None
     return {
         "id": str(message.pk),
@@ -122,9 +127,9 @@ def message_data(message: Message, viewer_id: int | None = None, *, with_reactio
         "reply_to": str(message.reply_to_id) if message.reply_to_id is not None else None,
         "metadata": message.metadata,
         "error": message.error,
-        "reactions": reactions,
-        "created_at": _iso(message.created_at),
-        "completed_at": _iso(message.completed_at),
+        "reactions": summary,
+        "created_at": iso_datetime(message.created_at),
+        "completed_at": iso_datetime(message.completed_at),
     }
 
 

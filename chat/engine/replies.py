@@ -179,7 +179,9 @@ class Replies:
                 status, error = Message.Status.FAILED, "The reply failed because of an internal error."
             self.hub.flush_run(run)
             tool_calls = run.tool_calls if status == Message.Status.COMPLETE else []
-            finished = await self._finish(message_id, run.session_id, content=run.text(), status=status, error=error, metadata=metadata, tool_calls=tool_calls)
+            finished = await self._finish(
+                message_id, run.session_id, content=run.text(), status=status, error=error, metadata=metadata, tool_calls=tool_calls, placeholder=ctx.reply,
+            )
         finally:
             self.runs.pop(message_id, None)
             metrics.ACTIVE_REPLIES.dec()
@@ -196,6 +198,7 @@ class Replies:
                 except Exception:
                     logger.warning("Saving the end of reply %s failed (attempt %d)", message_id, attempt + 1, exc_info=True)
                     await asyncio.sleep(0.25 * 2**attempt)
+        fields.pop("placeholder", None)
         try:
             await self.steps.write(
                 turn_replies.reply_fail_plainly, message_id=message_id, content=fields.get("content", ""),

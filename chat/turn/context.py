@@ -10,6 +10,7 @@ from django.conf import settings
 
 from chat import tools
 from chat.models import Agent, Message
+from chat.turn import rows
 
 
 @dataclass
@@ -25,51 +26,46 @@ class ReplyContext:
     tools: list[dict[str, Any]] = field(default_factory=list)
     # What the turn has done so far when it continues (tool results, plan step), for the provider to use.
     extra: dict[str, Any] = field(default_factory=dict)
+    # The reply's row as it was when streaming began (its end is stored from it, see replies.reply_finish).
+    reply: Message | None = None
 
 
-def history_items(messages: list[Message]) -> list[dict[str, Any]]:
-    """The conversation as provider-neutral items: text turns, tool calls and tool results."""
+def history_items(messages: list[tuple[str, str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The conversation, (role, type, content, metadata) rows, as provider-neutral items: text turns, tool calls and tool results."""
     items: list[dict[str, Any]] = []
-    for m in messages:
-        if m.type == Message.Type.TEXT and m.content and m.role in (Message.Role.USER, Message.Role.ASSISTANT, Message.Role.SYSTEM):
-            items.append({"role": m.role, "content": m.content})
-        elif m.type == Message.Type.TOOL_CALL:
-            call = {"id": m.metadata.get("provider_call_id") or m.metadata.get("tool_call_id"), "name": m.metadata.get("name"),
-                    "arguments": m.metadata.get("arguments") or {}}
+    for role, kind, content, metadata in messages:
+        if kind == Message.Type.TEXT and content and role in (Message.Role.USER, Message.Role.ASSISTANT, Message.Role.SYSTEM):
+            items.append({"role": role, "content": content})
+        elif kind == Message.Type.TOOL_CALL:
+            call = {"id": metadata.get("provider_call_id") or metadata.get("tool_call_id"), "name": metadata.get("name"),
+                    "arguments": metadata.get("arguments") or {}}
             if items and items[-1]["role"] == "assistant" and "tool_calls" in items[-1]:
                 items[-1]["tool_calls"].append(call)
             else:
                 items.append({"role": "assistant", "content": "", "tool_calls": [call]})
-        elif m.type == Message.Type.TOOL_RESULT:
-            items.append({"role": "tool", "tool_call_id": m.metadata.get("provider_call_id") or m.metadata.get("tool_call_id"),
-                          "content": m.content})
+        elif kind == Message.Type.TOOL_RESULT:
+            items.append({"role": "tool", "tool_call_id": metadata.get("provider_call_id") or metadata.get("tool_call_id"), "content": content})
     return items
 
 
-def _history_before(session_id: uuid.UUID, seq: int) -> list[dict[str, Any]]:
-    """The recent history before `seq`: one query, however long the session."""
-    earlier = list(
-        Message.objects.filter(
-            session_id=session_id, seq__lt=seq, type__in=[Message.Type.TEXT, Message.Type.TOOL_CALL, Message.Type.TOOL_RESULT],
-        )
-        .only("role", "type", "content", "metadata")
-        .order_by("-seq")[: settings.CHAT["HISTORY_MESSAGES"]]
-    )
-    earlier.reverse()
-    return history_items(earlier)
+def context_for(reply: Message, *, prompt: str, history: list[tuple[str, str, str, dict[str, Any]]] | None = None) -> ReplyContext:
+    """The context of a reply whose rows the caller holds (a turn that just started it).
 
-
-def context_for(reply: Message, *, prompt: str) -> ReplyContext:
-    """The context of a reply whose rows the caller holds (a turn that just started it)."""
+    `history`: the messages before the reply when the caller knows them (a session's first
+    turn: only its user message); otherwise one query reads the recent ones.
+    """
+    if history is None:
+        history = rows.history_rows(session_id=reply.session_id, before_seq=reply.seq, limit=settings.CHAT["HISTORY_MESSAGES"])
     extra = dict(reply.metadata.get("context", {})) if isinstance(reply.metadata, dict) else {}
     return ReplyContext(
         message_id=str(reply.pk),
         session_id=str(reply.session_id),
         agent=reply.agent,
-        history=_history_before(reply.session_id, reply.seq),
+        history=history_items(history),
         prompt=prompt,
         tools=tools.specs_for_agent(reply.agent),
         extra=extra,
+        reply=reply,
     )
 
 

@@ -13,12 +13,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
 
 from chat.exceptions import NotFound
+from chat.turn import rows
 from sessions_app.models import ChatSession
 
 
@@ -29,8 +29,10 @@ class LockedSession:
     UPDATE by `save()` (`session_step` calls it on the way out), however many messages the step adds.
     """
 
-    def __init__(self, session: ChatSession) -> None:
+    def __init__(self, session: ChatSession, checks: rows.SessionRow | None = None) -> None:
+        # The row's id, owner, seq, message count, mode and agent id (what steps use; not a full instance).
         self.session = session
+        self.checks = checks
         self._changed: set[str] = set()
 
     @property
@@ -53,33 +55,28 @@ class LockedSession:
 
     def save(self) -> None:
         if self._changed:
-            ChatSession.objects.filter(pk=self.session.pk).update(**{name: getattr(self.session, name) for name in self._changed})
+            rows.session_save(self.session.pk, {name: getattr(self.session, name) for name in self._changed})
             self._changed.clear()
 
 
-def lock_session(session_id: uuid.UUID, *, owner_id: int | None = None, annotate: dict[str, Any] | None = None) -> LockedSession:
-    """Lock the session row (with its agent); call inside transaction.atomic.
+def lock_session(session_id: uuid.UUID, *, owner_id: int | None = None, turn_checks: bool = False, client_id: str | None = None) -> LockedSession:
+    """Lock the session row; call inside transaction.atomic.
 
-    With `owner_id`, another user's session is not found, exactly like a missing one.
-    `annotate` adds expressions read in the same statement (a turn's busy checks).
+    With `owner_id`, another user's session is not found, exactly like a missing one. With
+    `turn_checks`, the same statement reads a turn's busy checks (see `rows.lock_session`).
     """
     if not connection.in_atomic_block:
         raise RuntimeError("lock_session must be called inside transaction.atomic()")
-    rows = ChatSession.objects.select_for_update(of=("self",)).select_related("agent").filter(pk=session_id)
-    if owner_id is not None:
-        rows = rows.filter(owner_id=owner_id)
-    if annotate:
-        rows = rows.annotate(**annotate)
-    session = rows.first()
-    if session is None:
+    found = rows.lock_session(session_id, owner_id=owner_id, turn_checks=turn_checks, client_id=client_id)
+    if found is None:
         raise NotFound("Session not found.")
-    return LockedSession(session)
+    return LockedSession(found.session, found)
 
 
 @contextmanager
-def session_step(session_id: uuid.UUID, *, owner_id: int | None = None, annotate: dict[str, Any] | None = None) -> Iterator[LockedSession]:
+def session_step(session_id: uuid.UUID, *, owner_id: int | None = None, turn_checks: bool = False, client_id: str | None = None) -> Iterator[LockedSession]:
     """A transaction that starts by locking the session and ends by writing its row back once."""
     with transaction.atomic():
-        locked = lock_session(session_id, owner_id=owner_id, annotate=annotate)
+        locked = lock_session(session_id, owner_id=owner_id, turn_checks=turn_checks, client_id=client_id)
         yield locked
         locked.save()

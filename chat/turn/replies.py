@@ -17,7 +17,7 @@ from chat import events
 from chat.exceptions import NotFound
 from chat.models import Message
 from chat.serializers import message_data
-from chat.turn import agentic, liveness, outbox
+from chat.turn import agentic, liveness, outbox, rows
 from chat.turn.locking import session_step
 
 INTERRUPTED = "The server stopped while this reply was being written."
@@ -57,14 +57,31 @@ def reply_finish(
     error: str | None = None,
     metadata: dict[str, Any] | None = None,
     tool_calls: list[dict[str, Any]] | None = None,
+    placeholder: Message | None = None,
 ) -> Finished:
     """Store the full text and final status of a reply, and the tool calls its model made, in one transaction.
 
-    Locks the session, then the reply. Sends `message.completed` after commit. Not stored when
-    the reply is no longer streaming (ended elsewhere, or its session deleted).
+    Locks the session, then stores the end with one UPDATE that only a still streaming reply
+    matches (`placeholder`, the row as the reply began, gives the rest of its frame). Sends
+    `message.completed` after commit. Not stored when the reply is no longer streaming (ended
+    elsewhere, or its session deleted).
     """
     try:
         with session_step(session_id) as locked:
+            now = timezone.now()
+            if placeholder is not None:
+                merged = {**placeholder.metadata, **metadata} if metadata else placeholder.metadata
+                if rows.reply_end(message_id=message_id, content=content, status=status, error=error, completed_at=now, metadata=merged):
+                    locked.touch(now)
+                    message = placeholder
+                    message.content, message.status, message.error, message.completed_at, message.worker_id, message.metadata = (
+                        content, status, error, now, "", merged,
+                    )
+                    if tool_calls:
+                        agentic.tool_calls_record(reply=message, calls=tool_calls)
+                    data = message_data(message, locked.session.owner_id, reactions=rows.reactions_of(message_id))
+                    outbox.frame(session_id, events.message_completed(data))
+                    return Finished(stored=True, advance=bool(tool_calls) and status == Message.Status.COMPLETE)
             message = Message.objects.select_for_update(of=("self",)).select_related("agent", "session").filter(pk=message_id).first()
             if message is None:
                 return Finished(stored=False)
@@ -76,7 +93,7 @@ def reply_finish(
                     message.save(update_fields=["content"])
                     outbox.frame(session_id, events.message_completed(message_data(message, with_reactions=True)))
                 return Finished(stored=False)
-            now = locked.touch()
+            locked.touch(now)
             message.content, message.status, message.error = content, status, error
             message.completed_at, message.worker_id = now, ""
             if metadata:

@@ -9,10 +9,10 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 
+from chat.exceptions import NotFound
 from chat.models import Message
-from chat.turn import agentic, replies
-from sessions_app import selectors as session_selectors
-from sessions_app.serializers import session_data
+from chat.serializers import iso_datetime
+from chat.turn import agentic, replies, rows
 
 
 @dataclass(frozen=True)
@@ -25,16 +25,26 @@ class Snapshot:
 def session_snapshot(*, user: AbstractBaseUser, session_id: uuid.UUID, running_here: Collection[uuid.UUID] = ()) -> Snapshot:
     """The `session.ready` frame. Replies of dead processes are marked `interrupted` first, so `active` lists live ones only.
 
-    Raises NotFound for a missing or foreign session.
+    One statement when nothing streams and nothing waits (what most sockets find); more only
+    for what is there. Raises NotFound for a missing or foreign session.
     """
-    session = session_selectors.session_get(user=user, session_id=session_id)
-    replies.replies_mark_interrupted(session_id=session.pk, running_here=running_here)
-    active = list(Message.objects.filter(session_id=session.pk, status=Message.Status.STREAMING).only("pk", "content", "worker_id").order_by("seq"))
+    opened = rows.session_for_socket(session_id=session_id, owner_id=user.pk)
+    if opened is None:
+        raise NotFound("Session not found.")
+    session = opened.session
+    active: list[Message] = []
+    if opened.streaming:
+        replies.replies_mark_interrupted(session_id=session.pk, running_here=running_here)
+        active = list(Message.objects.filter(session_id=session.pk, status=Message.Status.STREAMING).only("pk", "content", "worker_id").order_by("seq"))
     frame = {
         "type": "session.ready",
-        "session": session_data(session),
+        # The contract's Session, as SessionSerializer gives it.
+        "session": {
+            "id": str(session.pk), "title": opened.title, "mode": session.mode, "agent": opened.agent_slug,
+            "created_at": iso_datetime(opened.created_at), "updated_at": iso_datetime(opened.updated_at), "message_count": session.message_count,
+        },
         "last_seq": session.seq,
         "active": [{"message_id": str(m.pk), "offset": len(m.content), "content": m.content} for m in active],
-        "pending": agentic.pending_items(session_id=session.pk),
+        "pending": agentic.pending_items(session_id=session.pk) if opened.waiting else [],
     }
     return Snapshot(frame=frame, active=[(m.pk, m.worker_id, len(m.content)) for m in active])

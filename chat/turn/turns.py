@@ -16,13 +16,13 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Subquery
+from django.utils import timezone
 
 from chat import events, idempotency, routing
 from chat.exceptions import AgentNotFound, Busy
-from chat.models import Agent, Message, Plan, ToolCall
+from chat.models import Agent, Message
 from chat.serializers import message_data
-from chat.turn import agentic, liveness, outbox
+from chat.turn import agentic, liveness, outbox, rows
 from chat.turn.context import context_for
 from chat.turn.locking import LockedSession, session_step
 from chat.validation import validate_client_id, validate_content
@@ -37,13 +37,17 @@ def agent_get_active(*, slug: str) -> Agent:
 
 
 def reply_agent_for(*, session: ChatSession, content: str) -> Agent | None:
-    """Who answers: the session's agent in direct mode; in orchestrated mode the router decides."""
-    if session.mode == ChatSession.Mode.DIRECT and session.agent_id:
-        return session.agent
-    chosen = routing.route(content=content)
+    """Who answers: the session's agent in direct mode; in orchestrated mode the router decides. One query."""
+    agents = rows.active_agents()
+    own = next((a for a in agents if a.pk == session.agent_id), None) if session.agent_id else None
+    if session.agent_id and own is None:
+        own = Agent.objects.filter(pk=session.agent_id).first()  # deactivated since: it still answers its session
+    if session.mode == ChatSession.Mode.DIRECT and own is not None:
+        return own
+    chosen = routing.route(content=content, agents=agents)
     if chosen is not None:
         return chosen
-    return session.agent or Agent.objects.filter(is_active=True, is_orchestrator=False).order_by("pk").first()
+    return own or next((a for a in agents if not a.is_orchestrator), None)
 
 
 @dataclass
@@ -53,18 +57,6 @@ class Turn:
     created: bool
     # Every message of the turn, in seq order (what a repeated client_id gets again).
     messages: list[Message] = field(default_factory=list)
-
-
-def _busy_checks(client_id: str | None) -> dict[str, Any]:
-    """What the locking statement reads besides the row: is anything of an earlier turn still open?"""
-    checks: dict[str, Any] = {
-        "streaming": Exists(Message.objects.filter(session_id=OuterRef("pk"), status=Message.Status.STREAMING)),
-        "open_calls": Exists(ToolCall.objects.filter(session_id=OuterRef("pk")).exclude(status__in=agentic.ENDED)),
-        "open_plans": Exists(Plan.objects.filter(session_id=OuterRef("pk"), status__in=[Plan.Status.PENDING, Plan.Status.RUNNING])),
-    }
-    if client_id is not None:
-        checks["seen_client_id"] = Subquery(Message.objects.filter(session_id=OuterRef("pk"), client_id=client_id).values("pk")[:1])
-    return checks
 
 
 def _replay(session_id: uuid.UUID, message_id: uuid.UUID) -> Turn:
@@ -92,42 +84,44 @@ def turn_start(
     """
     content = validate_content(content)
     client_id = validate_client_id(client_id)
-    with session_step(session_id, owner_id=user.pk, annotate=_busy_checks(client_id)) as locked:
-        session = locked.session
-        seen = getattr(session, "seen_client_id", None)
-        if seen is not None:
-            return _replay(session.pk, seen)
-        if reply and session.streaming:
+    with session_step(session_id, owner_id=user.pk, turn_checks=True, client_id=client_id) as locked:
+        checks = locked.checks
+        assert checks is not None
+        if checks.seen_client_id is not None:
+            return _replay(locked.pk, checks.seen_client_id)
+        if reply and checks.streaming:
             raise Busy("A reply is already running in this session; wait for it or cancel it.")
-        if session.open_calls or session.open_plans:
+        if checks.open_calls or checks.open_plans:
             # Busy while a tool or plan runs (a message without a reply too: it would land between a
             # tool call and its result); what waits for the user is superseded by this message.
             agentic.turn_admit(locked=locked)
         turn = _insert_turn(locked, content=content, client_id=client_id, reply=reply, metadata=metadata)
     if turn.reply is not None:
         # Read after the commit (no lock held); the engine starts the reply with it, in order after the frames.
-        outbox.after_commit(outbox.StartReply(turn.reply.pk, context_for(turn.reply, prompt=content)))
+        first_turn = turn.user_message.seq == 1
+        history = [(Message.Role.USER, Message.Type.TEXT, content, {})] if first_turn else None
+        outbox.after_commit(outbox.StartReply(turn.reply.pk, context_for(turn.reply, prompt=content, history=history)))
     return turn
 
 
 def _insert_turn(locked: LockedSession, *, content: str, client_id: str | None, reply: bool, metadata: dict[str, Any] | None) -> Turn:
     session = locked.session
     agent = reply_agent_for(session=session, content=content) if reply else None
-    now = locked.touch()
+    now = locked.touch(timezone.now())
     first = locked.allocate(2 if reply else 1)
     user_message = Message(
         session=session, seq=first, role=Message.Role.USER, type=Message.Type.TEXT, content=content,
-        status=Message.Status.COMPLETE, client_id=client_id, metadata=metadata or {}, completed_at=now,
+        status=Message.Status.COMPLETE, client_id=client_id, metadata=metadata or {}, completed_at=now, created_at=now,
     )
     batch = [user_message]
     assistant = None
     if reply:
         assistant = Message(
             session=session, seq=first + 1, role=Message.Role.ASSISTANT, type=Message.Type.TEXT, content="",
-            status=Message.Status.STREAMING, agent=agent, reply_to=user_message, worker_id=liveness.WORKER_ID,
+            status=Message.Status.STREAMING, agent=agent, reply_to=user_message, worker_id=liveness.WORKER_ID, created_at=now,
         )
         batch.append(assistant)
-    Message.objects.bulk_create(batch)
+    rows.messages_insert(batch)
     for message in batch:
         outbox.frame(session.pk, events.message_created(message_data(message)))
     return Turn(user_message=user_message, reply=assistant, created=True, messages=batch)

@@ -15,9 +15,9 @@ from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import split_domain_port, validate_host
-from rest_framework.authtoken.models import Token
 
 from chat.engine.process import engine
+from chat.turn import rows
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -55,10 +55,7 @@ def _with_default_port(netloc: str, scheme: str) -> str:
 
 
 def _user_for_token(key: str):  # type: ignore[no-untyped-def]
-    token = Token.objects.select_related("user").filter(key=key).first()
-    if token is None or not token.user.is_active:
-        return AnonymousUser()
-    return token.user
+    return rows.active_user_for_token(key) or AnonymousUser()
 
 
 class SocketAuthMiddleware:
