@@ -12,9 +12,16 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
+_encode_plain = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_django = DjangoJSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
 
 def encode(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, cls=DjangoJSONEncoder, ensure_ascii=False, separators=(",", ":"))
+    """A frame as JSON text. Frames hold plain JSON values; dates or UUIDs that slipped in are written as Django writes them."""
+    try:
+        return _encode_plain(frame)
+    except TypeError:
+        return _encode_django(frame)
 
 
 _dumps_str = json.JSONEncoder(ensure_ascii=False).encode

@@ -18,9 +18,17 @@ FRAMES_COALESCED = Counter("chat_frames_coalesced_total", "Deltas joined into an
 ACTIVE_REPLIES = Gauge("chat_active_replies", "Replies streaming in this process")
 OPEN_SOCKETS = Gauge("chat_open_sockets", "WebSockets open in this process")
 DB_QUEUE_SECONDS = Histogram(
-    "chat_db_queue_seconds", "Time a step waited for a database thread", ["pool"],
+    "chat_db_queue_seconds", "Time a step waited for a database thread", ["pool", "step"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+DB_STEP_SECONDS = Histogram(
+    "chat_db_step_seconds", "Time a step ran on a database thread", ["pool", "step"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+TURN_START_SECONDS = Histogram("chat_turn_start_seconds", "From a user message on a socket to its turn committed", buckets=_LATENCY)
+FIRST_DELTA_SECONDS = Histogram("chat_first_delta_seconds", "From a reply's start to its first words handed to the sockets", buckets=_LATENCY)
+TURN_START_BATCH = Histogram("chat_turn_start_batch_size", "Turns started by one transaction (group commit)", buckets=(1, 2, 5, 10, 20, 50, 100))
 CHECKPOINT_SECONDS = Histogram("chat_checkpoint_seconds", "One checkpoint of every running reply of the process")
 CHECKPOINT_FAILURES = Counter("chat_checkpoint_failures_total", "Checkpoints that failed (the next one catches up)")
 BUS_PUBLISH_SECONDS = Histogram(

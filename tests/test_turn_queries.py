@@ -23,13 +23,20 @@ class QueryCounter:
         self.statements: list[str] = []
         self.lock = threading.Lock()
         original = db_utils.CursorWrapper.execute
+        original_many = db_utils.CursorWrapper.executemany
 
         def execute(wrapper, sql, params=None):  # type: ignore[no-untyped-def]
             with self.lock:
                 self.statements.append(sql)
             return original(wrapper, sql, params)
 
+        def executemany(wrapper, sql, param_list):  # type: ignore[no-untyped-def]
+            with self.lock:
+                self.statements.append(sql)  # one statement, run for each set of values
+            return original_many(wrapper, sql, param_list)
+
         monkeypatch.setattr(db_utils.CursorWrapper, "execute", execute)
+        monkeypatch.setattr(db_utils.CursorWrapper, "executemany", executemany)
 
     def reset(self) -> None:
         with self.lock:

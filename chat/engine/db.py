@@ -67,7 +67,9 @@ class StepResult:
 
 
 def _run_step(pool: str, queued_at: float, fn: Callable[..., Any], args: tuple, kwargs: dict) -> StepResult:
-    metrics.DB_QUEUE_SECONDS.labels(pool).observe(time.perf_counter() - queued_at)
+    started = time.perf_counter()
+    step = getattr(fn, "__name__", "step")
+    metrics.DB_QUEUE_SECONDS.labels(pool, step).observe(started - queued_at)
     with outbox.collecting() as effects:
         try:
             value = fn(*args, **kwargs)
@@ -76,6 +78,7 @@ def _run_step(pool: str, queued_at: float, fn: Callable[..., Any], args: tuple, 
             value, error = None, exc
         finally:
             _tidy_connections()
+            metrics.DB_STEP_SECONDS.labels(pool, step).observe(time.perf_counter() - started)
     return StepResult(value, list(effects), error)
 
 

@@ -33,6 +33,7 @@ from chatproject import metrics
 logger = logging.getLogger(__name__)
 
 _DELTA_PREFIX = '{"type":"message.delta",'
+_DELETED_PREFIX = '{"type":"session.deleted",'
 
 
 class Run(Protocol):
@@ -41,6 +42,7 @@ class Run(Protocol):
     message_id: uuid.UUID
     session_id: uuid.UUID
     remote: bool
+    sent_offset: int
 
     def take(self) -> tuple[int, str] | None: ...
 
@@ -60,12 +62,38 @@ class Bus(Protocol):
 _ids = itertools.count(1)
 
 
+class Out:
+    """A frame on its way to the sockets of a session: its text, and its bytes on the wire, made once for all of them."""
+
+    __slots__ = ("_frame", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._frame: bytes | None = None
+
+    def frame(self, build: Callable[[bytes], bytes]) -> bytes:
+        if self._frame is None:
+            self._frame = build(self.text.encode("utf-8", "surrogatepass"))
+        return self._frame
+
+
+class Wire(Protocol):
+    """A socket's direct way onto its connection (chat.ws.wire); `write` False means: use `send`."""
+
+    def write(self, frame: bytes) -> bool: ...
+
+
 class Sink:
     """One socket's way out. Frames wait here until the socket is accepted, or while its connection is full."""
 
-    def __init__(self, send: Callable[[str], Awaitable[None]], *, on_resync: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, send: Callable[[str], Awaitable[None]], *, on_resync: Callable[[], None] | None = None,
+        wire: Wire | None = None, build: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         self.id = next(_ids)
         self._send = send
+        self.wire = wire
+        self._build = build
         self.on_resync = on_resync
         self.open = False  # until session.ready went out, frames wait
         self.closed = False
@@ -73,15 +101,23 @@ class Sink:
         self.held: list[str | list[Any]] = []  # frame texts, or [message_id, offset, [pieces]] for joined deltas
         self.wake: Callable[[Sink], None] | None = None
 
-    async def write(self, text: str) -> None:
+    async def write(self, out: Out) -> None:
         if self.closed:
             return
         if self.open and not self.paused and not self.held:
-            await self._send(text)
+            await self._put(out)
             return
-        self._hold(text)
+        self._hold(out.text)
         if self.open and not self.paused:
             await self.release()
+
+    async def _put(self, out: Out) -> None:
+        # Onto the wire directly when the socket has one; through the socket's own `send` otherwise,
+        # and for session.deleted, which the socket acts on (it closes after it).
+        wire = self.wire
+        if wire is not None and self._build is not None and not out.text.startswith(_DELETED_PREFIX) and wire.write(out.frame(self._build)):
+            return
+        await self._send(out.text)
 
     def _hold(self, text: str) -> None:
         if self.paused and text.startswith(_DELTA_PREFIX):
@@ -101,7 +137,7 @@ class Sink:
             item = self.held.pop(0)
             if isinstance(item, list):
                 item = events.encode_delta(item[0], item[1], "".join(item[2]))
-            await self._send(item)
+            await self._put(Out(item))
 
     def pause(self) -> None:
         self.paused = True
@@ -122,7 +158,7 @@ class Hub:
         self.sessions: dict[uuid.UUID, set[Sink]] = {}
         self.sinks: dict[int, Sink] = {}
         self._dirty: dict[Run, None] = {}
-        self._out: deque[tuple[Sink, str | None]] = deque()
+        self._out: deque[tuple[Sink, Out | None]] = deque()
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._next_tick = 0.0
@@ -177,12 +213,13 @@ class Hub:
         """A frame for the sockets of the session in this process only."""
         sinks = self.sessions.get(session_id)
         if sinks:
-            self._out.extend((sink, text) for sink in sinks)
+            out = Out(text)
+            self._out.extend((sink, out) for sink in sinks)
             self._wake.set()
 
     def send_to(self, sink: Sink, text: str) -> None:
         """A frame for one socket, in order with everything else it gets."""
-        self._out.append((sink, text))
+        self._out.append((sink, Out(text)))
         self._wake.set()
 
     def frame_from_bus(self, session_id: uuid.UUID, text: str) -> None:
@@ -191,6 +228,12 @@ class Hub:
     # Deltas -----------------------------------------------------------------------------------
 
     def mark_dirty(self, run: Run) -> None:
+        if run.sent_offset == 0:
+            # A reply's first piece goes out at once: the wait for the first words is what people notice.
+            self._dirty.pop(run, None)
+            self._stage(run)
+            self.bus.flush()
+            return
         if run not in self._dirty:
             self._dirty[run] = None
             self._wake.set()
@@ -210,7 +253,8 @@ class Hub:
         metrics.DELTA_FRAMES.inc()
         sinks = self.sessions.get(run.session_id)
         if sinks:
-            self._out.extend((sink, text) for sink in sinks)
+            out = Out(text)
+            self._out.extend((sink, out) for sink in sinks)
             self._wake.set()
         if run.remote and self.bus.shared:
             self.bus.publish(run.session_id, text, counted=run, self_listens=bool(sinks))
@@ -246,14 +290,14 @@ class Hub:
     async def _drain(self) -> None:
         out = self._out
         while out:
-            sink, text = out.popleft()
+            sink, item = out.popleft()
             if sink.closed:
                 continue
             try:
-                if text is None:
+                if item is None:
                     await sink.release()
                 else:
-                    await sink.write(text)
+                    await sink.write(item)
             except Exception:
                 logger.warning("Writing to socket %s failed", sink.id, exc_info=True)
 

@@ -28,8 +28,10 @@ from chat.engine.bus import LocalBus, RedisBus, make_bus
 from chat.engine.drive import Driver
 from chat.engine.hub import Hub
 from chat.engine.replies import Replies
+from chat.engine.starts import TurnStarts
 from chat.turn import liveness, outbox
 from chat.turn import replies as turn_replies
+from chat.turn.turns import Turn, TurnRequest
 from chatproject import metrics
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class _Running:
         self.driver = driver
         self.tasks: list[asyncio.Task] = []
         self.background: set[asyncio.Task] = set()
+        self.starts: TurnStarts | None = None
 
 
 class Engine:
@@ -109,6 +112,7 @@ class Engine:
         hub = Hub(bus)
         replies = Replies(hub, self)
         running = _Running(loop, bus, hub, replies, Driver(replies, self))
+        running.starts = TurnStarts(self, db.pools()[0].threads)
         self._running = running
         running.tasks.append(loop.create_task(self._heartbeat(running)))
         running.tasks.append(loop.create_task(self._checkpoints(running)))
@@ -208,6 +212,12 @@ class Engine:
         holder = running.background if running is not None and running.loop is loop else _orphans
         holder.add(task)
         task.add_done_callback(lambda t: (holder.discard(t), _log_failure(t)))
+
+    async def start_turn(self, request: TurnRequest) -> Turn:
+        """Start a user's turn, together with whatever other turns wait for the database (group commit)."""
+        starts = self._here().starts
+        assert starts is not None
+        return await starts.start(request)
 
     async def send_to_worker(self, worker_id: str, message: dict[str, Any]) -> bool:
         return await self._here().bus.send_to_worker(worker_id, message)
@@ -318,6 +328,8 @@ class Engine:
                 await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
         for task in running.tasks:
             task.cancel()
+        if running.starts is not None:
+            running.starts.close()
         try:
             await self.write(liveness.forget_self)
         except Exception:

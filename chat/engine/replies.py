@@ -33,6 +33,7 @@ from chatproject import metrics
 logger = logging.getLogger(__name__)
 
 EARLY_CANCEL_SECONDS = 30.0
+CHECKPOINT_CHUNK = 100
 
 
 class Steps(Protocol):
@@ -62,6 +63,7 @@ class ReplyRun:
         # Tool calls the model asked for: stored with the final text, run after the reply ends.
         self.tool_calls: list[dict[str, Any]] = []
         self.consume_task: asyncio.Task | None = None
+        self.started_at = time.perf_counter()
 
     def __hash__(self) -> int:
         return id(self)
@@ -89,6 +91,8 @@ class ReplyRun:
         delta = "".join(self.pending) if len(self.pending) > 1 else self.pending[0]
         self.pending.clear()
         offset = self.sent_offset
+        if offset == 0:
+            metrics.FIRST_DELTA_SECONDS.observe(time.perf_counter() - self.started_at)
         self.sent_offset = offset + len(delta)
         return offset, delta
 
@@ -211,13 +215,15 @@ class Replies:
     async def checkpoint(self) -> None:
         """Save the text so far of every running reply that grew: one transaction for all of them."""
         grown = [(run, run.length) for run in self.runs.values() if run.length != run.saved_length]
-        if not grown:
-            return
         started = time.perf_counter()
-        await self.steps.write(turn_replies.replies_checkpoint, texts=[(run.message_id, run.text()[:length]) for run, length in grown])
-        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
-        for run, length in grown:
-            run.saved_length = max(run.saved_length, length)
+        # In chunks, each a step of its own: a turn that starts meanwhile waits for one chunk, not for all.
+        for first in range(0, len(grown), CHECKPOINT_CHUNK):
+            chunk = grown[first : first + CHECKPOINT_CHUNK]
+            await self.steps.write(turn_replies.replies_checkpoint, texts=[(run.message_id, run.text()[:length]) for run, length in chunk])
+            for run, length in chunk:
+                run.saved_length = max(run.saved_length, length)
+        if grown:
+            metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
 
     # Requests from sockets, here or in other processes -----------------------------------------
 

@@ -55,9 +55,12 @@ def _after_tools(results: list[dict[str, Any]]) -> str:
 
 
 class DemoProvider:
+    """Pieces come `delay` apart, the first at once (as a model's tokens do once it has started)."""
+
     async def _say(self, text: str, delay: float) -> AsyncIterator[ProviderEvent]:
-        for piece in _words(text):
-            await asyncio.sleep(delay)
+        for i, piece in enumerate(_words(text)):
+            if i:
+                await asyncio.sleep(delay)
             yield ProviderEvent("text", piece)
 
     async def stream(self, ctx: ReplyContext) -> AsyncIterator[ProviderEvent]:
@@ -77,7 +80,8 @@ class DemoProvider:
         if slow:
             count = min(max(int(slow.group(1) or 30), 1), 5000)
             for i in range(1, count + 1):
-                await asyncio.sleep(settings.CHAT["DEMO_SLOW_DELAY"])
+                if i > 1:
+                    await asyncio.sleep(settings.CHAT["DEMO_SLOW_DELAY"])
                 yield ProviderEvent("text", f"chunk {i} ")
             yield ProviderEvent("usage", data={"prompt_tokens": len(prompt.split()), "completion_tokens": count})
             return
@@ -114,7 +118,6 @@ class DemoProvider:
                 )
             return
         pieces = _words(demo_reply_text(prompt, name))
-        for piece in pieces:
-            await asyncio.sleep(delay)
-            yield ProviderEvent("text", piece)
+        async for event in self._say(demo_reply_text(prompt, name), delay):
+            yield event
         yield ProviderEvent("usage", data={"prompt_tokens": len(prompt.split()), "completion_tokens": len(pieces)})

@@ -10,7 +10,7 @@ IMMEDIATE transactions of settings.py take the database's write lock at BEGIN in
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -59,24 +59,37 @@ class LockedSession:
             self._changed.clear()
 
 
-def lock_session(session_id: uuid.UUID, *, owner_id: int | None = None, turn_checks: bool = False, client_id: str | None = None) -> LockedSession:
+def lock_session(session_id: uuid.UUID, *, owner_id: int | None = None) -> LockedSession:
     """Lock the session row; call inside transaction.atomic.
 
-    With `owner_id`, another user's session is not found, exactly like a missing one. With
-    `turn_checks`, the same statement reads a turn's busy checks (see `rows.lock_session`).
+    With `owner_id`, another user's session is not found, exactly like a missing one.
     """
-    if not connection.in_atomic_block:
-        raise RuntimeError("lock_session must be called inside transaction.atomic()")
-    found = rows.lock_session(session_id, owner_id=owner_id, turn_checks=turn_checks, client_id=client_id)
+    _in_transaction()
+    found = rows.lock_session(session_id, owner_id=owner_id)
     if found is None:
         raise NotFound("Session not found.")
     return LockedSession(found.session, found)
 
 
+def lock_for_turns(requests: Sequence[tuple[uuid.UUID, int, str | None]]) -> dict[uuid.UUID, LockedSession]:
+    """Lock the sessions of several turns, (session, owner, client_id) each, with their busy checks; call inside atomic.
+
+    Missing or foreign sessions are left out. The caller writes each row back (`LockedSession.save`
+    or `rows.sessions_save_turns`).
+    """
+    _in_transaction()
+    return {session_id: LockedSession(found.session, found) for session_id, found in rows.lock_for_turns(requests).items()}
+
+
+def _in_transaction() -> None:
+    if not connection.in_atomic_block:
+        raise RuntimeError("a session must be locked inside transaction.atomic()")
+
+
 @contextmanager
-def session_step(session_id: uuid.UUID, *, owner_id: int | None = None, turn_checks: bool = False, client_id: str | None = None) -> Iterator[LockedSession]:
+def session_step(session_id: uuid.UUID, *, owner_id: int | None = None) -> Iterator[LockedSession]:
     """A transaction that starts by locking the session and ends by writing its row back once."""
     with transaction.atomic():
-        locked = lock_session(session_id, owner_id=owner_id, turn_checks=turn_checks, client_id=client_id)
+        locked = lock_session(session_id, owner_id=owner_id)
         yield locked
         locked.save()

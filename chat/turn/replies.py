@@ -6,11 +6,10 @@ Sync steps, each one short transaction; the engine calls them on its database th
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection, transaction
 from django.utils import timezone
 
 from chat import events
@@ -23,21 +22,13 @@ from chat.turn.locking import session_step
 INTERRUPTED = "The server stopped while this reply was being written."
 
 
-def replies_checkpoint(*, texts: Collection[tuple[uuid.UUID, str]]) -> int:
-    """Save the text so far of many streaming replies in one transaction (one statement, executed for each).
+def replies_checkpoint(*, texts: Sequence[tuple[uuid.UUID, str]]) -> int:
+    """Save the text so far of many streaming replies with one UPDATE (autocommit). Holds no lock afterwards.
 
-    The process's checkpointer calls this once per CHECKPOINT_INTERVAL for all its replies, so
-    the number of transactions does not grow with the number of streams. Holds no lock afterwards.
+    The process's checkpointer calls this once per CHECKPOINT_INTERVAL for its replies, in chunks,
+    so the number of statements does not grow with the number of streams.
     """
-    if not texts:
-        return 0
-    pk = Message._meta.pk
-    table = connection.ops.quote_name(Message._meta.db_table)
-    sql = f"UPDATE {table} SET content = %s WHERE id = %s AND status = %s"
-    params = [(content, pk.get_db_prep_value(message_id, connection), Message.Status.STREAMING) for message_id, content in texts]
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.executemany(sql, params)
-    return len(params)
+    return rows.replies_checkpoint(texts)
 
 
 @dataclass(frozen=True)

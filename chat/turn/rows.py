@@ -11,15 +11,16 @@ values adapted by the models' own fields. Everything else stays on the ORM.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils.dateparse import parse_datetime
 from rest_framework.authtoken.models import Token
 
@@ -112,47 +113,61 @@ def _session_from(values: Sequence[Any]) -> ChatSession:
     return session
 
 
-def lock_session(session_id: uuid.UUID, *, owner_id: int | None = None, turn_checks: bool = False, client_id: str | None = None) -> SessionRow | None:
-    """Lock the session row (FOR UPDATE on PostgreSQL; SQLite's IMMEDIATE transaction holds the write lock already).
-
-    With `turn_checks`, the same statement reads whether a reply streams, a tool call or a plan
-    is open, and which message has `client_id`.
-    """
-    s = _table(ChatSession)
+def lock_session(session_id: uuid.UUID, *, owner_id: int | None = None) -> SessionRow | None:
+    """Lock the session row (FOR UPDATE on PostgreSQL; SQLite's IMMEDIATE transaction holds the write lock already)."""
     columns = ", ".join(f"s.{_col(ChatSession, f)}" for f in SESSION_FIELDS)
-    params: list[Any] = []
-    extra = ""
-    if turn_checks:
-        m, t, p = _table(Message), _table(ToolCall), _table(Plan)
-        ended = ", ".join(["%s"] * len(ENDED_CALLS))
-        extra = (
-            f", EXISTS(SELECT 1 FROM {m} m WHERE m.{_col(Message, 'session')} = s.{_col(ChatSession, 'id')} AND m.{_col(Message, 'status')} = %s)"
-            f", EXISTS(SELECT 1 FROM {t} t WHERE t.{_col(ToolCall, 'session')} = s.{_col(ChatSession, 'id')} AND t.{_col(ToolCall, 'status')} NOT IN ({ended}))"
-            f", EXISTS(SELECT 1 FROM {p} p WHERE p.{_col(Plan, 'session')} = s.{_col(ChatSession, 'id')} AND p.{_col(Plan, 'status')} IN (%s, %s))"
-        )
-        params += [Message.Status.STREAMING, *ENDED_CALLS, *OPEN_PLANS]
-        if client_id is not None:
-            extra += f", (SELECT m.{_col(Message, 'id')} FROM {m} m WHERE m.{_col(Message, 'session')} = s.{_col(ChatSession, 'id')} AND m.{_col(Message, 'client_id')} = %s)"
-            params.append(client_id)
     where = f"s.{_col(ChatSession, 'id')} = %s"
-    params.append(_uuid(session_id))
+    params: list[Any] = [_uuid(session_id)]
     if owner_id is not None:
         where += f" AND s.{_col(ChatSession, 'owner')} = %s"
         params.append(owner_id)
-    sql = f"SELECT {columns}{extra} FROM {s} s WHERE {where}"
-    if connection.features.has_select_for_update:
-        sql += " FOR UPDATE OF s" if connection.features.has_select_for_update_of else " FOR UPDATE"
+    sql = f"SELECT {columns} FROM {_table(ChatSession)} s WHERE {where}{_lock_clause()}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    if row is None:
-        return None
-    found = SessionRow(_session_from(row[:6]))
-    if turn_checks:
-        found.streaming, found.open_calls, found.open_plans = bool(row[6]), bool(row[7]), bool(row[8])
-        if client_id is not None and row[9] is not None:
-            found.seen_client_id = to_uuid(row[9])
-    return found
+    return SessionRow(_session_from(row)) if row is not None else None
+
+
+def _lock_clause() -> str:
+    if not connection.features.has_select_for_update:
+        return ""
+    return " FOR UPDATE OF s" if connection.features.has_select_for_update_of else " FOR UPDATE"
+
+
+def lock_for_turns(requests: Sequence[tuple[uuid.UUID, int, str | None]]) -> dict[uuid.UUID, SessionRow]:
+    """Lock the sessions of several turns at once, (session, owner, client_id) each: one statement.
+
+    The same statement reads, for each, whether a reply streams, a tool call or a plan is open,
+    and which message already has the turn's `client_id`. A session that is missing or another
+    user's is simply not in the answer. Rows are locked in id order, whoever asks.
+    """
+    on_postgres = connection.vendor == "postgresql"
+    as_uuid, as_owner, as_text = ("CAST(%s AS uuid)", "CAST(%s AS bigint)", "CAST(%s AS varchar)") if on_postgres else ("%s", "%s", "%s")
+    values = ", ".join([f"({as_uuid}, {as_owner}, {as_text})"] * len(requests))
+    s, m, t, p = _table(ChatSession), _table(Message), _table(ToolCall), _table(Plan)
+    sid = f"s.{_col(ChatSession, 'id')}"
+    columns = ", ".join(f"s.{_col(ChatSession, f)}" for f in SESSION_FIELDS)
+    ended = ", ".join(["%s"] * len(ENDED_CALLS))
+    sql = (
+        f"WITH r(sid, owner, client_id) AS (VALUES {values}) SELECT {columns}"
+        f", EXISTS(SELECT 1 FROM {m} m WHERE m.{_col(Message, 'session')} = {sid} AND m.{_col(Message, 'status')} = %s)"
+        f", EXISTS(SELECT 1 FROM {t} t WHERE t.{_col(ToolCall, 'session')} = {sid} AND t.{_col(ToolCall, 'status')} NOT IN ({ended}))"
+        f", EXISTS(SELECT 1 FROM {p} p WHERE p.{_col(Plan, 'session')} = {sid} AND p.{_col(Plan, 'status')} IN (%s, %s))"
+        f", (SELECT m.{_col(Message, 'id')} FROM {m} m WHERE m.{_col(Message, 'session')} = {sid} AND m.{_col(Message, 'client_id')} = r.client_id)"
+        f" FROM {s} s JOIN r ON {sid} = r.sid AND s.{_col(ChatSession, 'owner')} = r.owner ORDER BY {sid}{_lock_clause()}"
+    )
+    params: list[Any] = []
+    for session_id, owner_id, client_id in requests:
+        params += [_uuid(session_id), owner_id, client_id]
+    params += [Message.Status.STREAMING, *ENDED_CALLS, *OPEN_PLANS]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchall()
+    rows: dict[uuid.UUID, SessionRow] = {}
+    for row in found:
+        session = _session_from(row[:6])
+        rows[session.pk] = SessionRow(session, bool(row[6]), bool(row[7]), bool(row[8]), to_uuid(row[9]) if row[9] is not None else None)
+    return rows
 
 
 def session_save(session_id: uuid.UUID, values: dict[str, Any]) -> None:
@@ -162,6 +177,23 @@ def session_save(session_id: uuid.UUID, values: dict[str, Any]) -> None:
     params = [f.get_db_prep_save(values[f.name], connection) for f in fields] + [_uuid(session_id)]
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {_table(ChatSession)} SET {assignments} WHERE {_col(ChatSession, 'id')} = %s", params)
+
+
+def sessions_save_turns(sessions: Sequence[ChatSession]) -> None:
+    """The seq, message count and activity of several locked rows: one statement run for each (one execute for one)."""
+    if not sessions:
+        return
+    conn = connections[DEFAULT_DB_ALIAS]
+    fields = [ChatSession._meta.get_field(name) for name in ("seq", "message_count", "updated_at")]
+    assignments = ", ".join(f"{_q(f.column)} = %s" for f in fields)
+    sql = f"UPDATE {_table(ChatSession)} SET {assignments} WHERE {_col(ChatSession, 'id')} = %s"
+    on_sqlite, as_time = conn.vendor == "sqlite", conn.ops.adapt_datetimefield_value
+    params = [[s.seq, s.message_count, as_time(s.updated_at), s.pk.hex if on_sqlite else s.pk] for s in sessions]
+    with conn.cursor() as cursor:
+        if len(params) == 1:
+            cursor.execute(sql, params[0])
+        else:
+            cursor.executemany(sql, params)
 
 
 @dataclass(frozen=True)
@@ -209,22 +241,54 @@ def session_for_socket(*, session_id: uuid.UUID, owner_id: int) -> Opened | None
 _INSERT_FIELDS = ("id", "session", "seq", "role", "type", "content", "status", "agent", "client_id", "reply_to", "metadata", "error", "worker_id", "created_at", "completed_at")
 
 
-def messages_insert(messages: Iterable[Message]) -> None:
-    """One multi-row INSERT of new messages (whose every field the caller set)."""
-    fields = [Message._meta.get_field(name) for name in _INSERT_FIELDS]
-    rows: list[Any] = []
-    count = 0
-    for message in messages:
-        rows += [f.get_db_prep_save(getattr(message, f.attname), connection) for f in fields]
-        message._state.adding = False
-        message._state.db = connection.alias
-        count += 1
-    if not count:
+def messages_insert(messages: Sequence[Message]) -> None:
+    """One multi-row INSERT of new messages (whose every field the caller set).
+
+    Values are adapted here for the two databases (the fields' own `get_db_prep_save` costs more
+    than the insert when hundreds of turns start at once); metadata goes through its field.
+    """
+    if not messages:
         return
-    columns = ", ".join(_q(f.column) for f in fields)
-    one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    conn = connections[DEFAULT_DB_ALIAS]
+    on_sqlite = conn.vendor == "sqlite"
+    as_time = conn.ops.adapt_datetimefield_value
+    metadata = Message._meta.get_field("metadata")
+    rows: list[Any] = []
+    for m in messages:
+        rows += [
+            m.id.hex if on_sqlite else m.id, m.session_id.hex if on_sqlite else m.session_id, m.seq, m.role, m.type, m.content,
+            m.status, m.agent_id, m.client_id, (m.reply_to_id.hex if on_sqlite else m.reply_to_id) if m.reply_to_id is not None else None,
+            metadata.get_db_prep_value(m.metadata, conn), m.error, m.worker_id, as_time(m.created_at), as_time(m.completed_at),
+        ]
+        m._state.adding = False
+        m._state.db = conn.alias
+    with conn.cursor() as cursor:
+        cursor.execute(_insert_sql(conn.vendor, len(messages)), rows)
+
+
+@functools.cache
+def _insert_sql(vendor: str, count: int) -> str:
+    columns = ", ".join(_q(Message._meta.get_field(name).column) for name in _INSERT_FIELDS)
+    one = "(" + ", ".join(["%s"] * len(_INSERT_FIELDS)) + ")"
+    return f"INSERT INTO {_table(Message)} ({columns}) VALUES {', '.join([one] * count)}"
+
+
+def replies_checkpoint(texts: Sequence[tuple[uuid.UUID, str]]) -> int:
+    """The text so far of several streaming replies: one UPDATE with a CASE per reply (ended replies are left as they are)."""
+    if not texts:
+        return 0
+    m, mid, content = _table(Message), _col(Message, "id"), _col(Message, "content")
+    cases = " ".join(["WHEN %s THEN %s"] * len(texts))
+    marks = ", ".join(["%s"] * len(texts))
+    sql = f"UPDATE {m} SET {content} = CASE {mid} {cases} ELSE {content} END WHERE {mid} IN ({marks}) AND {_col(Message, 'status')} = %s"
+    params: list[Any] = []
+    ids = [_uuid(message_id) for message_id, _ in texts]
+    for key, (_, text) in zip(ids, texts, strict=True):
+        params += [key, text]
+    params += [*ids, Message.Status.STREAMING]
     with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {_table(Message)} ({columns}) VALUES {', '.join([one] * count)}", rows)
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def history_rows(*, session_id: uuid.UUID, before_seq: int, limit: int) -> list[tuple[str, str, str, dict[str, Any]]]:

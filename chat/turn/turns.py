@@ -19,12 +19,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from chat import events, idempotency, routing
-from chat.exceptions import AgentNotFound, Busy
+from chat.exceptions import AgentNotFound, Busy, ChatError, NotFound
 from chat.models import Agent, Message
 from chat.serializers import message_data
 from chat.turn import agentic, liveness, outbox, rows
 from chat.turn.context import context_for
-from chat.turn.locking import LockedSession, session_step
+from chat.turn.locking import LockedSession, lock_for_turns
 from chat.validation import validate_client_id, validate_content
 from sessions_app.models import ChatSession
 
@@ -36,9 +36,10 @@ def agent_get_active(*, slug: str) -> Agent:
     return agent
 
 
-def reply_agent_for(*, session: ChatSession, content: str) -> Agent | None:
-    """Who answers: the session's agent in direct mode; in orchestrated mode the router decides. One query."""
-    agents = rows.active_agents()
+def reply_agent_for(*, session: ChatSession, content: str, agents: list[Agent] | None = None) -> Agent | None:
+    """Who answers: the session's agent in direct mode; in orchestrated mode the router decides among `agents` (the active ones)."""
+    if agents is None:
+        agents = rows.active_agents()
     own = next((a for a in agents if a.pk == session.agent_id), None) if session.agent_id else None
     if session.agent_id and own is None:
         own = Agent.objects.filter(pk=session.agent_id).first()  # deactivated since: it still answers its session
@@ -57,12 +58,28 @@ class Turn:
     created: bool
     # Every message of the turn, in seq order (what a repeated client_id gets again).
     messages: list[Message] = field(default_factory=list)
+    # For a repeated client_id: those messages' `message.created` frames, for the sender alone.
+    replay: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _replay(session_id: uuid.UUID, message_id: uuid.UUID) -> Turn:
+def _replay(session_id: uuid.UUID, message_id: uuid.UUID, viewer_id: int) -> Turn:
     existing = Message.objects.select_related("agent").get(pk=message_id)
     replies = list(Message.objects.filter(reply_to=existing).select_related("agent").order_by("seq"))
-    return Turn(user_message=existing, reply=replies[0] if replies else None, created=False, messages=[existing, *replies])
+    messages = [existing, *replies]
+    frames = [events.message_created(message_data(m, viewer_id, with_reactions=True)) for m in messages]
+    return Turn(user_message=existing, reply=replies[0] if replies else None, created=False, messages=messages, replay=frames)
+
+
+@dataclass
+class TurnRequest:
+    """A user message that is to start a turn (what `turn_start` and `turn_start_many` take)."""
+
+    session_id: uuid.UUID
+    user: AbstractBaseUser
+    content: str
+    client_id: str | None = None
+    reply: bool = True
+    metadata: dict[str, Any] | None = None
 
 
 def turn_start(
@@ -82,49 +99,141 @@ def turn_start(
     session is under way; what waits for the user (an approval, a client tool, a proposed plan)
     is superseded by the new message instead.
     """
-    content = validate_content(content)
-    client_id = validate_client_id(client_id)
-    with session_step(session_id, owner_id=user.pk, turn_checks=True, client_id=client_id) as locked:
-        checks = locked.checks
-        assert checks is not None
+    request = TurnRequest(session_id, user, validate_content(content), validate_client_id(client_id), reply, metadata)
+    (result,) = turn_start_many([request])
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def turn_start_many(requests: list[TurnRequest]) -> list[Turn | ChatError]:
+    """Start several turns (of any users and sessions) in one transaction: what one process receives at once.
+
+    The same rules as `turn_start`, for each request, with one statement for all the locks and
+    busy checks, one for the agents, one INSERT for all the messages and one UPDATE run for each
+    session, then one commit: the cost of a commit and of a round trip is shared (group commit).
+    A request whose session has a tool call or a plan open, or that comes second for a session in
+    the same call, is taken on its own afterwards, exactly as if it had come later. Contents and
+    client ids must be validated by the caller.
+    """
+    results: list[Turn | ChatError | None] = [None] * len(requests)
+    later: list[int] = []
+    started: list[Turn] = []
+    with transaction.atomic():
+        locked = lock_for_turns([(r.session_id, r.user.pk, r.client_id) for r in requests])
+        agents: list[Agent] | None = None
+        taken: set[uuid.UUID] = set()
+        for index, request in enumerate(requests):
+            row = locked.get(request.session_id)
+            checks = row.checks if row is not None else None
+            if row is None or checks is None:
+                results[index] = NotFound("Session not found.")
+            elif checks.seen_client_id is not None:
+                results[index] = _replay(row.pk, checks.seen_client_id, request.user.pk)
+            elif request.session_id in taken or checks.open_calls or checks.open_plans:
+                later.append(index)
+            elif request.reply and checks.streaming:
+                results[index] = Busy("A reply is already running in this session; wait for it or cancel it.")
+            else:
+                if request.reply and agents is None:
+                    agents = rows.active_agents()
+                turn = _new_turn(row, request, agents)
+                taken.add(request.session_id)
+                results[index] = turn
+                started.append(turn)
+        rows.messages_insert([m for turn in started for m in turn.messages])
+        rows.sessions_save_turns([turn.user_message.session for turn in started])
+        for turn in started:
+            for message in turn.messages:
+                outbox.frame(message.session_id, events.message_created(message_data(message)))
+    for turn in started:
+        _start_reply_after_commit(turn)
+    for index in later:
+        try:
+            results[index] = _turn_start_alone(requests[index])
+        except ChatError as exc:
+            results[index] = exc
+    return results  # type: ignore[return-value]
+
+
+def _turn_start_alone(request: TurnRequest) -> Turn:
+    """A turn in a session where a tool call or a plan may be open: those are settled first (turn_admit)."""
+    with transaction.atomic():
+        row = lock_for_turns([(request.session_id, request.user.pk, request.client_id)]).get(request.session_id)
+        if row is None or row.checks is None:
+            raise NotFound("Session not found.")
+        checks = row.checks
         if checks.seen_client_id is not None:
-            return _replay(locked.pk, checks.seen_client_id)
-        if reply and checks.streaming:
+            return _replay(row.pk, checks.seen_client_id, request.user.pk)
+        if request.reply and checks.streaming:
             raise Busy("A reply is already running in this session; wait for it or cancel it.")
         if checks.open_calls or checks.open_plans:
             # Busy while a tool or plan runs (a message without a reply too: it would land between a
             # tool call and its result); what waits for the user is superseded by this message.
-            agentic.turn_admit(locked=locked)
-        turn = _insert_turn(locked, content=content, client_id=client_id, reply=reply, metadata=metadata)
-    if turn.reply is not None:
-        # Read after the commit (no lock held); the engine starts the reply with it, in order after the frames.
-        first_turn = turn.user_message.seq == 1
-        history = [(Message.Role.USER, Message.Type.TEXT, content, {})] if first_turn else None
-        outbox.after_commit(outbox.StartReply(turn.reply.pk, context_for(turn.reply, prompt=content, history=history)))
+            agentic.turn_admit(locked=row)
+        turn = _new_turn(row, request, rows.active_agents() if request.reply else None)
+        rows.messages_insert(turn.messages)
+        row.save()
+        for message in turn.messages:
+            outbox.frame(message.session_id, events.message_created(message_data(message)))
+    _start_reply_after_commit(turn)
     return turn
 
 
-def _insert_turn(locked: LockedSession, *, content: str, client_id: str | None, reply: bool, metadata: dict[str, Any] | None) -> Turn:
+def _start_reply_after_commit(turn: Turn) -> None:
+    """The model's context, read after the commit (no lock held); the engine starts the reply with it, after the frames."""
+    if turn.reply is None:
+        return
+    content = turn.user_message.content
+    first_turn = turn.user_message.seq == 1
+    history = [(Message.Role.USER, Message.Type.TEXT, content, {})] if first_turn else None
+    outbox.after_commit(outbox.StartReply(turn.reply.pk, context_for(turn.reply, prompt=content, history=history)))
+
+
+def _new_turn(locked: LockedSession, request: TurnRequest, agents: list[Agent] | None) -> Turn:
+    """The messages of a turn, with their seqs allocated on the locked row (written by the caller)."""
     session = locked.session
-    agent = reply_agent_for(session=session, content=content) if reply else None
+    agent = reply_agent_for(session=session, content=request.content, agents=agents) if request.reply else None
     now = locked.touch(timezone.now())
-    first = locked.allocate(2 if reply else 1)
-    user_message = Message(
-        session=session, seq=first, role=Message.Role.USER, type=Message.Type.TEXT, content=content,
-        status=Message.Status.COMPLETE, client_id=client_id, metadata=metadata or {}, completed_at=now, created_at=now,
+    first = locked.allocate(2 if request.reply else 1)
+    user_message = _message(
+        session, seq=first, role=Message.Role.USER, content=request.content, status=Message.Status.COMPLETE,
+        client_id=request.client_id, metadata=request.metadata or {}, created_at=now, completed_at=now,
     )
-    batch = [user_message]
+    messages = [user_message]
     assistant = None
-    if reply:
-        assistant = Message(
-            session=session, seq=first + 1, role=Message.Role.ASSISTANT, type=Message.Type.TEXT, content="",
-            status=Message.Status.STREAMING, agent=agent, reply_to=user_message, worker_id=liveness.WORKER_ID, created_at=now,
+    if request.reply:
+        assistant = _message(
+            session, seq=first + 1, role=Message.Role.ASSISTANT, content="", status=Message.Status.STREAMING,
+            agent=agent, reply_to=user_message, worker_id=liveness.WORKER_ID, created_at=now,
         )
-        batch.append(assistant)
-    rows.messages_insert(batch)
-    for message in batch:
-        outbox.frame(session.pk, events.message_created(message_data(message)))
-    return Turn(user_message=user_message, reply=assistant, created=True, messages=batch)
+        messages.append(assistant)
+    return Turn(user_message=user_message, reply=assistant, created=True, messages=messages)
+
+
+_FIELDS = [f.attname for f in Message._meta.concrete_fields]
+
+
+def _message(
+    session: ChatSession, *, seq: int, role: str, content: str, status: str, created_at: Any, client_id: str | None = None,
+    metadata: dict[str, Any] | None = None, agent: Agent | None = None, reply_to: Message | None = None, worker_id: str = "",
+    completed_at: Any = None,
+) -> Message:
+    """A new text message of the turn, made the cheap way (positional, as the ORM makes rows it read)."""
+    values = {
+        "id": uuid.uuid4(), "session_id": session.pk, "seq": seq, "role": role, "type": Message.Type.TEXT, "content": content,
+        "status": status, "agent_id": agent.pk if agent is not None else None, "client_id": client_id,
+        "reply_to_id": reply_to.pk if reply_to is not None else None, "metadata": metadata if metadata is not None else {},
+        "error": None, "worker_id": worker_id, "created_at": created_at, "completed_at": completed_at,
+    }
+    message = Message(*[values[name] for name in _FIELDS])
+    message._state.adding = True
+    Message.session.field.set_cached_value(message, session)
+    if agent is not None:
+        Message.agent.field.set_cached_value(message, agent)
+    if reply_to is not None:
+        Message.reply_to.field.set_cached_value(message, reply_to)
+    return message
 
 
 def message_send(*, user: AbstractBaseUser, session: ChatSession, content: str, reply: bool, claim: Any = None) -> dict[str, Any]:

@@ -23,10 +23,10 @@ from chat.engine.hub import Sink
 from chat.engine.process import engine
 from chat.exceptions import ChatError, InvalidInput, NotFound
 from chat.models import Message
-from chat.serializers import message_data
 from chat.turn import agentic, turns
 from chat.turn.snapshot import session_snapshot
 from chat.validation import validate_client_id, validate_content, validate_text
+from chat.ws.wire import Wire, frame_bytes
 from chatproject import metrics
 from sessions_app import selectors as session_selectors
 from sessions_app import services as session_services
@@ -38,14 +38,6 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 
 Frame = dict[str, Any]
-
-
-def _start_turn(user: Any, session_id: uuid.UUID, content: str, client_id: str | None) -> list[Frame]:
-    """Start a turn; for a repeated client_id, the existing messages' `message.created` frames for the sender."""
-    turn = turns.turn_start(session_id=session_id, user=user, content=content, client_id=client_id)
-    if turn.created:
-        return []
-    return [events.message_created(message_data(m, user.pk, with_reactions=True)) for m in turn.messages]
 
 
 def _running_reply_ids(session_id: uuid.UUID, message_id: uuid.UUID | None) -> list[uuid.UUID]:
@@ -162,7 +154,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = user
         self.bucket = TokenBucket(settings.CHAT["WS_FRAMES_PER_SECOND"])
         await engine.start()
-        sink = Sink(self._write, on_resync=self._resync_soon)
+        sink = Sink(self._write, on_resync=self._resync_soon, wire=Wire.of(self.base_send), build=frame_bytes)
         # Join before reading the snapshot: whatever is sent after this reaches us (held until the snapshot went out).
         await engine.hub.join(self.session_id, sink)
         self.sink = sink
@@ -253,8 +245,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_user_message(self, frame: Frame) -> None:
         content = validate_content(frame.get("content"))
         client_id = validate_client_id(frame.get("client_id"))
-        replay = await engine.write(_start_turn, self.user, self.session_id, content, client_id)
-        for item in replay:  # a repeated client_id: the sender gets the existing messages again
+        started = time.perf_counter()
+        turn = await engine.start_turn(turns.TurnRequest(self.session_id, self.user, content, client_id))
+        metrics.TURN_START_SECONDS.observe(time.perf_counter() - started)
+        for item in turn.replay:  # a repeated client_id: the sender gets the existing messages again
             self.send_frame(item)
 
     async def on_cancel(self, frame: Frame) -> None:
