@@ -88,6 +88,16 @@ class MessageSerializer(serializers.ModelSerializer):
             return []  # a message just created has none; pages prefetch them
         return summarize_reactions(cache["reactions"], self.context.get("viewer_id"))
 
+    def to_representation(self, instance: Message) -> dict[str, Any]:
+        # The fields above describe the shape (and the OpenAPI schema); `message_data` builds it,
+        # about ten times faster than DRF's field by field walk (a page has up to 200 messages).
+        cache = getattr(instance, "_prefetched_objects_cache", {})
+        return message_data(instance, self.context.get("viewer_id"), reactions=cache.get("reactions", ()))
+
+    def to_representation_by_fields(self, instance: Message) -> dict[str, Any]:
+        """DRF's own walk over the declared fields: what `message_data` must equal (see the tests)."""
+        return dict(super().to_representation(instance))
+
 
 def iso_datetime(value: datetime | None) -> str | None:
     """A datetime as DRF's DateTimeField writes it (ISO 8601 in UTC, with Z)."""

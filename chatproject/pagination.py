@@ -59,7 +59,9 @@ class MessagePagination(StrictCursorPagination):
         start = request.query_params.get("from")
         if start is not None and start not in ("start", "end"):
             raise ValidationError({"from": ['Must be "start" or "end".']})
-        self.total_count = queryset.count()
+        # The view may know the count already (the session row keeps it): then no COUNT per page.
+        known = getattr(view, "total_count", None)
+        self.total_count = known if known is not None else queryset.count()
         return super().paginate_queryset(queryset, request, view)
 
     def get_paginated_response(self, data: Any) -> Response:

@@ -73,6 +73,7 @@ class SessionMessages(generics.ListAPIView):
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         session = selectors.session_get(user=self.request.user, session_id=self.kwargs["session_id"])
+        self.total_count = session.message_count  # kept on the row: the page needs no COUNT
         return message_page(session=session)
 
     def get_serializer_context(self) -> dict:

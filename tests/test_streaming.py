@@ -402,3 +402,35 @@ async def test_frames_carry_exactly_the_message_shape_of_rest(session, token, ap
         expected["metadata"].pop("continued", None)  # bookkeeping of the turn, set after the reply's last frame
         assert list(message) == list(expected)
         assert message == expected, message_id
+
+
+async def test_the_hand_built_message_shape_is_drf_s_field_by_field(session, token, api):  # type: ignore[no-untyped-def]
+    """REST pages and frames build the Message shape by hand; DRF's walk over the declared fields (the schema) must agree."""
+    from chat.serializers import MessageSerializer
+
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": "é ✓ \U0001f600 <b>x</b>", "client_id": str(uuid.uuid4())})
+    await frames_until(comm, "message.completed")
+    await send(comm, {"type": "user_message", "content": '/tool calculator {"expression": "6*7"}'})
+    await frames_until(comm, "message.completed", where=lambda f: "tools said" in f["message"]["content"])
+    await send(comm, {"type": "user_message", "content": "/fail"})
+    await frames_until(comm, "message.completed", where=lambda f: f["message"]["status"] == "failed")
+    await comm.disconnect()
+    first = await db(lambda: Message.objects.filter(session=session, role="assistant").order_by("seq").first())
+    assert (await database_sync_to_async(api.post)(f"/api/v1/messages/{first.pk}/reactions/", {"emoji": "👍"}, format="json")).status_code == 201
+
+    def compare() -> int:
+        from django.db.models import Prefetch
+
+        from chat.models import Reaction
+
+        messages = Message.objects.filter(session=session).select_related("agent").prefetch_related(
+            Prefetch("reactions", queryset=Reaction.objects.order_by("created_at", "pk"))
+        )
+        for message in messages:
+            serializer = MessageSerializer(message, context={"viewer_id": session.owner_id})
+            assert serializer.data == serializer.to_representation_by_fields(message), message.seq
+        return len(messages)
+
+    assert await db(compare) >= 8

@@ -95,6 +95,9 @@ class LocalBus:
     async def drain(self, timeout: float) -> None:
         return None
 
+    def stop(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -284,6 +287,10 @@ class RedisBus:
         if now - self._last_error_log > 5:
             self._last_error_log = now
             logger.warning("Redis %s failed", what, exc_info=True)
+
+    def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
 
     async def close(self) -> None:
         if self._reader is not None:

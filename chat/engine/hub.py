@@ -307,6 +307,9 @@ class Hub:
             if sink.on_resync is not None:
                 sink.on_resync()
 
+    def stop(self) -> None:
+        self._task.cancel()
+
     async def close(self) -> None:
         self._task.cancel()
         with contextlib.suppress(BaseException):

@@ -50,6 +50,15 @@ class _Running:
         self.background: set[asyncio.Task] = set()
         self.starts: TurnStarts | None = None
 
+    def abandon(self) -> None:
+        """The engine moved to another loop (each test has its own): stop what was left running here. On this loop."""
+        for task in [*self.tasks, *self.background]:
+            task.cancel()
+        if self.starts is not None:
+            self.starts.close()
+        self.hub.stop()
+        self.bus.stop()
+
 
 class Engine:
     def __init__(self) -> None:
@@ -108,6 +117,9 @@ class Engine:
         return running
 
     async def _start_on(self, loop: asyncio.AbstractEventLoop) -> _Running:
+        old = self._running
+        if old is not None and old.loop is not loop and old.loop.is_running() and not old.loop.is_closed():
+            old.loop.call_soon_threadsafe(old.abandon)
         bus = make_bus(settings.REDIS_URL, settings.CHAT["BUS_PREFIX"])
         hub = Hub(bus)
         replies = Replies(hub, self)
