@@ -222,6 +222,8 @@ CHAT = {
     # Socket frames a client may send per second before it gets rate_limited.
     "WS_FRAMES_PER_SECOND": env_int("WS_FRAMES_PER_SECOND", 20),
     "WS_MAX_FRAME_BYTES": env_int("WS_MAX_FRAME_BYTES", 256 * 1024),
+    # The kernel's send buffer of a socket (0: the system's, which grows to megabytes for a slow reader).
+    "WS_SEND_BUFFER_BYTES": env_int("WS_SEND_BUFFER_BYTES", 128 * 1024),
     "HISTORY_MESSAGES": env_int("HISTORY_MESSAGES", 50),
     # A reply longer than this ends `failed` with its text kept (a model stuck in a loop).
     "MAX_REPLY_CHARS": env_int("MAX_REPLY_CHARS", 200_000),

@@ -151,3 +151,44 @@ async def test_sigterm_ends_running_replies_with_all_their_text(user, daphne_ser
     assert reply.status == "interrupted"
     assert len(reply.content) >= seen and expected_slow(400).startswith(reply.content)
     assert not await db(lambda: Worker.objects.filter(pid=server.proc.pid).exists())
+
+
+async def test_a_socket_that_does_not_read_gets_its_deltas_joined_and_loses_none(user, daphne_server):  # type: ignore[no-untyped-def]
+    """A slow reader's frames wait at the server and its deltas join into fewer frames; once it reads, the text is whole."""
+    import socket
+    import urllib.request
+
+    token = await db(token_for, user)
+    session = await db(session_create, owner=user)
+    server = daphne_server(env={"DEMO_SLOW_DELAY": "0.001", "STREAM_WINDOW": "0.001"})
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server's buffer fills soon
+    raw.connect(("127.0.0.1", server.port))
+    slow = await websockets.connect(
+        f"{server.ws_url}/ws/sessions/{session.pk}/", sock=raw, max_queue=1, max_size=None,
+        additional_headers={"Authorization": f"Token {token}"},
+    )
+    await recv(slow)
+    await slow.send(json.dumps({"type": "user_message", "content": "/slow 5000 " + "x" * 2000}))
+    reply = await db(lambda: _wait_reply_ended(session.pk))  # generated and stored while nobody reads
+    frames = await until(slow, "message.completed", where=lambda f: f["message"]["role"] == "assistant", timeout=60)
+    deltas = [f for f in frames if f["type"] == "message.delta"]
+    assert merge_text("", frames, str(reply.pk)) == reply.content == expected_slow(5000)
+    assert all(f["offset"] == sum(len(d["delta"]) for d in deltas[:i]) for i, f in enumerate(deltas))
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    joined = next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith("chat_frames_coalesced_total "))
+    assert len(deltas) < 4000, len(deltas)  # 5000 pieces, a frame each for a reader that keeps up
+    assert joined > 0, "the held deltas were not joined"
+    await slow.close()
+
+
+def _wait_reply_ended(session_id):  # type: ignore[no-untyped-def]
+    import time
+
+    for _ in range(600):
+        reply = Message.objects.filter(session_id=session_id, role="assistant").first()
+        if reply is not None and reply.status != "streaming":
+            return reply
+        time.sleep(0.05)
+    raise AssertionError("the reply never ended")

@@ -9,8 +9,8 @@ and marks itself dirty; the hub turns each dirty run's new text into one `messag
 frame at most once per STREAM_WINDOW (a few tens of milliseconds), all runs in the same tick.
 An idle process sends the first piece at once; a busy one, or a fast model, gets several
 pieces per frame, and the ticks stretch when the loop falls behind, which coalesces more.
-A socket whose connection cannot take more (its transport's buffer is full) holds its frames
-and joins the deltas of a reply into one until the buffer drains.
+A socket whose connection cannot take more (over HOLD_ABOVE bytes wait in its buffer) holds its
+frames and joins the deltas of a reply into one until the buffer drains.
 """
 
 from __future__ import annotations
@@ -82,6 +82,14 @@ class Wire(Protocol):
 
     def write(self, frame: bytes) -> bool: ...
 
+    def backlog(self) -> int: ...
+
+
+# A socket with more than this waiting in its connection's buffer holds its frames (joining deltas)
+# until the buffer is below half of it; checked again every BACKLOG_POLL seconds meanwhile.
+HOLD_ABOVE = 64 * 1024
+BACKLOG_POLL = 0.05
+
 
 class Sink:
     """One socket's way out. Frames wait here until the socket is accepted, or while its connection is full."""
@@ -105,8 +113,10 @@ class Sink:
         if self.closed:
             return
         if self.open and not self.paused and not self.held:
-            await self._put(out)
-            return
+            if self.wire is None or self.wire.backlog() <= HOLD_ABOVE:
+                await self._put(out)
+                return
+            self.pause()
         self._hold(out.text)
         if self.open and not self.paused:
             await self.release()
@@ -134,13 +144,27 @@ class Sink:
     async def release(self) -> None:
         """Write what was held (the socket opened, or its connection drained)."""
         while self.held and not self.paused and not self.closed:
+            if self.wire is not None and self.wire.backlog() > HOLD_ABOVE:
+                self.pause()
+                return
             item = self.held.pop(0)
             if isinstance(item, list):
                 item = events.encode_delta(item[0], item[1], "".join(item[2]))
             await self._put(Out(item))
 
     def pause(self) -> None:
-        self.paused = True
+        """The connection is full: hold frames until it drained (polled, see HOLD_ABOVE)."""
+        if not self.paused:
+            self.paused = True
+            asyncio.get_running_loop().call_later(BACKLOG_POLL, self._poll)
+
+    def _poll(self) -> None:
+        if self.closed:
+            return
+        if self.wire is not None and self.wire.backlog() > HOLD_ABOVE // 2:
+            asyncio.get_running_loop().call_later(BACKLOG_POLL, self._poll)
+            return
+        self.resume()
 
     def resume(self) -> None:
         self.paused = False

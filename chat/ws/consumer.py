@@ -55,40 +55,6 @@ def _switch_agent(user: Any, session_id: uuid.UUID, slug: str) -> None:
     session_services.session_update(session=session, agent=slug, mode=ChatSession.Mode.DIRECT, announce_switch=True)
 
 
-class _Backpressure:
-    """Tells the socket's sink when its connection's send buffer is full and when it drained.
-
-    Under daphne the consumer's `send` is bound to the Twisted protocol of the connection; its
-    transport pauses a registered streaming producer past its buffer size (64 KiB) and resumes it
-    once the buffer drained (Twisted's IPushProducer). Elsewhere (the test communicator) nothing
-    is ever full.
-    """
-
-    def __init__(self, sink: Sink) -> None:
-        self.sink = sink
-
-    def pauseProducing(self) -> None:
-        self.sink.pause()
-
-    def resumeProducing(self) -> None:
-        self.sink.resume()
-
-    def stopProducing(self) -> None:
-        self.sink.closed = True
-
-    @classmethod
-    def attach(cls, consumer: AsyncWebsocketConsumer, sink: Sink) -> None:
-        args = getattr(consumer.base_send, "args", ())
-        protocol = args[0] if args else None
-        register = getattr(protocol, "registerProducer", None)
-        if register is None:
-            return
-        try:
-            register(cls(sink), True)
-        except Exception:  # another producer is registered, or the connection is gone
-            logger.debug("No backpressure for this socket", exc_info=True)
-
-
 class TokenBucket:
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -165,7 +131,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.disconnect(CLOSE_NOT_FOUND)
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        _Backpressure.attach(self, sink)
         metrics.OPEN_SOCKETS.inc()
         await self._write(events.encode(snapshot.frame))
         engine.hub.open(sink)

@@ -9,16 +9,20 @@ server is two to ten bytes of header before the payload (RFC 6455, section 5.2, 
 
 `Wire` writes that frame itself, under daphne only, and only on the plain TCP connection of an
 open WebSocket without compression that has nothing queued: then it sends at once, and hands
-whatever the kernel did not take to Twisted's own buffer, so order and backpressure stay
-Twisted's. Anywhere else (TLS, compression, a closing connection, another server, the test
+whatever the kernel did not take to Twisted's own buffer, so order stays Twisted's; `backlog`
+tells how much waits there (the hub holds and joins a slow socket's deltas meanwhile; Twisted's
+producer slot of the connection is taken by daphne's HTTP channel, so it is asked, not told). Anywhere else (TLS, compression, a closing connection, another server, the test
 communicator) `write` answers False and the caller sends through ASGI as usual.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import struct
 from typing import Any
+
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +55,20 @@ class Wire:
             return None
         if getattr(protocol, "_perMessageCompress", None) is not None:
             return None
+        size = settings.CHAT["WS_SEND_BUFFER_BYTES"]
+        if size:
+            # Linux grows a socket's send buffer up to megabytes for a reader that does not keep
+            # up; a bounded one makes the backlog show in Twisted's buffer, where the hub sees it.
+            try:
+                transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            except OSError:
+                logger.debug("Could not bound the send buffer", exc_info=True)
         return cls(protocol, transport)
+
+    def backlog(self) -> int:
+        """Bytes Twisted holds for this connection because the kernel would not take them yet."""
+        transport = self.transport
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
     def write(self, frame: bytes) -> bool:
         """Send a frame built by `frame_bytes`; False when this connection must go through ASGI instead."""
