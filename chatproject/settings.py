@@ -211,6 +211,10 @@ CHAT = {
     "CHECKPOINT_INTERVAL": env_float("CHECKPOINT_INTERVAL", 1.0),
     # Deltas of a reply that arrive within this window (seconds) leave in one frame.
     "STREAM_WINDOW": env_float("STREAM_WINDOW", 0.04),
+    # With many replies streaming the window grows, up to STREAM_WINDOW_MAX, so that the process
+    # sends about STREAM_FRAMES_PER_SECOND delta frames in all (one per reply per window).
+    "STREAM_WINDOW_MAX": env_float("STREAM_WINDOW_MAX", 0.25),
+    "STREAM_FRAMES_PER_SECOND": env_float("STREAM_FRAMES_PER_SECOND", 5000),
     # Threads that run database steps (0: by database, 1 + 2 on SQLite, 4 + 4 on PostgreSQL).
     "DB_WRITE_THREADS": env_int("DB_WRITE_THREADS", 0),
     "DB_READ_THREADS": env_int("DB_READ_THREADS", 0),

@@ -179,6 +179,8 @@ class Hub:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.window = settings.CHAT["STREAM_WINDOW"]
+        self.window_max = max(self.window, settings.CHAT["STREAM_WINDOW_MAX"])
+        self.frames_per_second = settings.CHAT["STREAM_FRAMES_PER_SECOND"]
         self.sessions: dict[uuid.UUID, set[Sink]] = {}
         self.sinks: dict[int, Sink] = {}
         self._dirty: dict[Run, None] = {}
@@ -284,8 +286,11 @@ class Hub:
             self.bus.publish(run.session_id, text, counted=run, self_listens=bool(sinks))
 
     def _tick(self) -> None:
-        self._next_tick = self._loop.time() + self.window
         runs, self._dirty = self._dirty, {}
+        # Many replies at once: a longer window, so frames (the cost per socket) stay about
+        # STREAM_FRAMES_PER_SECOND in all however many pieces the models send.
+        window = min(self.window_max, max(self.window, len(runs) / self.frames_per_second))
+        self._next_tick = self._loop.time() + window
         for run in runs:
             self._stage(run)
         self.bus.flush()
