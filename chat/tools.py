@@ -7,12 +7,14 @@ implementation) before anything runs.
 from __future__ import annotations
 
 import ast
+import http.client
+import ipaddress
 import json
 import math
 import operator
-import urllib.error
+import socket
+import ssl
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,57 +71,106 @@ _BINARY = {
     ast.Pow: operator.pow,
 }
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_FUNCTIONS: dict[str, Callable[..., float]] = {
-    "sqrt": math.sqrt, "sin": math.sin, "cos": math.cos, "tan": math.tan, "log": math.log, "log10": math.log10,
-    "exp": math.exp, "abs": abs, "round": round, "min": min, "max": max, "floor": math.floor, "ceil": math.ceil,
-}
 _CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
-_MAX_INT_BITS = 3000  # about 900 digits: far beyond arithmetic anyone asks for, far below what stalls a process
+# Every integer an expression makes, operand or result, stays within this many bits (about 900
+# digits): far beyond arithmetic anyone asks for, and small enough that every operation on such
+# numbers takes microseconds. The cost of an operation is bounded *before* it runs: Python cannot
+# be interrupted inside one big-integer operation, and the evaluation holds the process's GIL.
+_MAX_INT_BITS = 3000
+_MAX_ROUND_DIGITS = 300  # round(x, n): |n| beyond this only pads zeros (and round(1, -10**9) is 10**(10**9) work)
+Number = int | float
 
 
-def evaluate_expression(expression: str) -> float | int:
-    """Arithmetic only: the expression is parsed into a syntax tree and walked; nothing is ever executed."""
+def _bits(value: Number) -> int:
+    return value.bit_length() if isinstance(value, int) else 0
+
+
+def _check_binary(op: ast.operator, left: Number, right: Number) -> None:
+    """Refuse an operation whose result could outgrow the bound, before computing it."""
+    if isinstance(op, ast.Pow):
+        if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+            if (abs(left).bit_length() - 1) * right > _MAX_INT_BITS:
+                raise ToolError("The result is too large.")
+        elif abs(right) > 10_000:
+            raise ToolError("Exponent too large.")
+    elif isinstance(op, ast.Mult) and isinstance(left, int) and isinstance(right, int) and _bits(left) + _bits(right) > _MAX_INT_BITS + 1:
+        raise ToolError("The result is too large.")
+
+
+def _round(value: Number, ndigits: Number | None = None) -> Number:
+    if ndigits is None:
+        return round(value)
+    if not isinstance(ndigits, int):
+        raise ToolError("round: the number of digits must be an integer.")
+    if abs(ndigits) > _MAX_ROUND_DIGITS:
+        raise ToolError(f"round: the number of digits must be between -{_MAX_ROUND_DIGITS} and {_MAX_ROUND_DIGITS}.")
+    return round(value, ndigits)
+
+
+# name -> (function, least arguments, most arguments)
+_FUNCTIONS: dict[str, tuple[Callable[..., Number], int, int]] = {
+    "sqrt": (math.sqrt, 1, 1), "sin": (math.sin, 1, 1), "cos": (math.cos, 1, 1), "tan": (math.tan, 1, 1),
+    "log": (math.log, 1, 2), "log10": (math.log10, 1, 1), "exp": (math.exp, 1, 1), "abs": (abs, 1, 1),
+    "round": (_round, 1, 2), "min": (min, 1, 10), "max": (max, 1, 10), "floor": (math.floor, 1, 1),
+    "ceil": (math.ceil, 1, 1),
+}
+
+
+def _checked(value: Any) -> Number:
+    """Every value an expression makes is a real int or float within the bound (no complex, no bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ToolError("The result is not a real number.")
+    if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+        raise ToolError("The result is too large.")
+    return value
+
+
+def evaluate_expression(expression: str) -> Number:
+    """Arithmetic only: the expression is parsed into a syntax tree and walked; nothing is ever executed.
+
+    Bounded in cost, not only in shape: every integer operand and result stays within
+    `_MAX_INT_BITS`, a power is refused before it is computed when its result would not, and every
+    function checks its arguments (`round`'s digits above all), so any expression of the schema's
+    200 characters answers in well under a millisecond, with a result or a `ToolError`.
+    """
     try:
         tree = ast.parse(expression, mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
         raise ToolError(f"Not an arithmetic expression: {expression!r}") from None
 
-    def walk(node: ast.AST) -> float | int:
+    def walk(node: ast.AST) -> Number:
         if isinstance(node, ast.Expression):
             return walk(node.body)
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-            return node.value
+            return _checked(node.value)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             left, right = walk(node.left), walk(node.right)
-            if isinstance(node.op, ast.Pow) and (abs(right) > 1000 or abs(left) > 1e100):
-                raise ToolError("Exponent too large.")
+            _check_binary(node.op, left, right)
             try:
-                value = _BINARY[type(node.op)](left, right)
+                return _checked(_BINARY[type(node.op)](left, right))
             except ZeroDivisionError:
                 raise ToolError("Division by zero.") from None
             except OverflowError:
                 raise ToolError("The result is too large.") from None
-            if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
-                raise ToolError("The result is too large.")
-            return value
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](walk(node.operand))
         if isinstance(node, ast.Name) and node.id in _CONSTANTS:
             return _CONSTANTS[node.id]
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCTIONS
-            and not node.keywords
-            and len(node.args) <= 10
-        ):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS and not node.keywords:
+            function, least, most = _FUNCTIONS[node.func.id]
+            if not least <= len(node.args) <= most:
+                raise ToolError(f"{node.func.id} takes {least}" + (f" to {most}" if most > least else "") + " argument(s).")
+            args = [walk(arg) for arg in node.args]
             try:
-                return _FUNCTIONS[node.func.id](*[walk(arg) for arg in node.args])
+                return _checked(function(*args))
             except (ValueError, TypeError, OverflowError) as exc:
                 raise ToolError(f"{node.func.id}: {exc}") from None
-        raise ToolError(f"Not allowed in an expression: {ast.unparse(node) if hasattr(ast, 'unparse') else type(node).__name__}")
+        raise ToolError(f"Not allowed in an expression: {ast.unparse(node)}")
 
-    result = walk(tree)
+    try:
+        result = walk(tree)
+    except RecursionError:
+        raise ToolError("The expression is nested too deeply.") from None
     if isinstance(result, float) and not math.isfinite(result):
         raise ToolError("The result is not a finite number.")
     if isinstance(result, float) and result.is_integer() and abs(result) < 1e15:
@@ -165,30 +216,101 @@ def _search_messages(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     }
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # an allowed host must not forward the request to one that is not
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+def parse_origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, the port filled in from the scheme; ValueError if it has none."""
+    parsed = urllib.parse.urlsplit(url.strip())
+    scheme = parsed.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parsed.hostname:
+        raise ValueError(f"not an http(s) URL with a host: {url!r}")
+    port = parsed.port  # ValueError for a port that is not a number or out of range
+    return scheme, parsed.hostname.lower().rstrip("."), port or _DEFAULT_PORTS[scheme]
+
+
+def _origin_text(origin: tuple[str, str, int]) -> str:
+    scheme, host, port = origin
+    return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not (
+        address.is_loopback or address.is_private or address.is_link_local or address.is_multicast
+        or address.is_reserved or address.is_unspecified
+    )
+
+
+def resolve_webhook_target(url: str) -> tuple[tuple[str, str, int], str]:
+    """The allowed origin of `url` and the one address to connect to, or ToolError.
+
+    The origin (scheme, host and port) must be in WEBHOOK_ALLOWED_ORIGINS. The host name is
+    resolved once, here; every address it resolves to must be public (not loopback, private,
+    link-local, multicast, reserved) unless it is in WEBHOOK_ALLOWED_NETWORKS or the allowed origin
+    names that address itself. The caller connects to the address returned, so a second lookup
+    (DNS rebinding) cannot move the request elsewhere.
+    """
+    try:
+        origin = parse_origin(url)
+    except ValueError:
+        raise ToolError(f"Not an http(s) URL: {url!r}.") from None
+    allowed = {parse_origin(entry) for entry in settings.CHAT["WEBHOOK_ALLOWED_ORIGINS"]}
+    if origin not in allowed:
+        listed = ", ".join(sorted(_origin_text(o) for o in allowed)) or "none"
+        raise ToolError(f"Not allowed: {_origin_text(origin)}. Allowed: {listed} (WEBHOOK_ALLOWED_ORIGINS).")
+    _scheme, host, port = origin
+    literal = _ip_literal(host)
+    if literal is not None:
+        return origin, str(literal)  # an address the operator listed itself
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ToolError(f"Could not resolve {host!r}: {exc}") from None
+    addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+    networks = [ipaddress.ip_network(n, strict=False) for n in settings.CHAT["WEBHOOK_ALLOWED_NETWORKS"]]
+    for address in addresses:
+        if not _public(address) and not any(address in network for network in networks):
+            raise ToolError(
+                f"{host!r} resolves to {address}, which is not a public address "
+                "(list its network in WEBHOOK_ALLOWED_NETWORKS to allow it)."
+            )
+    if not addresses:
+        raise ToolError(f"Could not resolve {host!r}.")
+    return origin, str(addresses[0])
 
 
 def _webhook_post(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
-    url = args["url"]
-    parsed = urllib.parse.urlparse(url)
-    allowed = settings.CHAT["WEBHOOK_ALLOWED_HOSTS"]
-    if parsed.scheme not in ("http", "https") or (parsed.hostname or "") not in allowed:
-        raise ToolError(f"Host not allowed: {parsed.hostname!r}. Allowed: {', '.join(allowed) or 'none'} (WEBHOOK_ALLOWED_HOSTS).")
+    (scheme, host, port), address = resolve_webhook_target(args["url"])
+    parsed = urllib.parse.urlsplit(args["url"].strip())
+    target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
     body = json.dumps(args.get("payload", {})).encode()
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    if scheme == "https":
+        # The certificate is checked against the host name (SNI too); only the TCP connection is pinned.
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=10, context=ssl.create_default_context())
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+    # Connect to the address that was checked, not to a second lookup of the name.
+    connection._create_connection = lambda _addr, timeout, source: socket.create_connection((address, port), timeout, source)  # type: ignore[attr-defined]
+    default_port = _DEFAULT_PORTS[scheme]
+    host_header = ("[" + host + "]" if ":" in host else host) + ("" if port == default_port else f":{port}")
     try:
-        with _NO_REDIRECTS.open(request, timeout=10) as response:
-            text = response.read(4000).decode("utf-8", "replace")
-            return {"status": response.status, "body": text}
-    except urllib.error.HTTPError as exc:
-        return {"status": exc.code, "body": exc.read(4000).decode("utf-8", "replace")}
-    except (urllib.error.URLError, TimeoutError) as exc:
+        # http.client never follows a redirect: a 3xx comes back as it is.
+        connection.request("POST", target, body=body, headers={"Host": host_header, "Content-Type": "application/json"})
+        response = connection.getresponse()
+        return {"status": response.status, "body": response.read(4000).decode("utf-8", "replace")}
+    except (OSError, http.client.HTTPException) as exc:
         raise ToolError(f"The request failed: {exc}") from None
+    finally:
+        connection.close()
 
 
 REGISTRY: dict[str, Tool] = {
@@ -262,7 +384,7 @@ REGISTRY: dict[str, Tool] = {
         ),
         Tool(
             name="webhook_post",
-            description="POST a JSON payload to an allowed URL (WEBHOOK_ALLOWED_HOSTS). Needs a human's approval.",
+            description="POST a JSON payload to a URL whose origin an operator allowed (WEBHOOK_ALLOWED_ORIGINS). Needs a human's approval.",
             parameters={
                 "type": "object",
                 "properties": {

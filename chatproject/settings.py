@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -27,18 +29,59 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value not in (None, "") else default
 
 
+def webhook_origins(text: str) -> list[str]:
+    """WEBHOOK_ALLOWED_ORIGINS: comma-separated scheme://host[:port], checked here so a typo stops the start."""
+    from urllib.parse import urlsplit
+
+    origins = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        parts = urlsplit(entry)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 or parts.path not in ("", "/") or parts.query:
+            raise ImproperlyConfigured(f"WEBHOOK_ALLOWED_ORIGINS: {entry!r} is not scheme://host[:port]")
+        origins.append(entry.rstrip("/"))
+    return origins
+
+
+def webhook_networks(text: str) -> list[str]:
+    import ipaddress
+
+    networks = []
+    for entry in (e.strip() for e in text.split(",")):
+        if entry:
+            try:
+                networks.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                raise ImproperlyConfigured(f"WEBHOOK_ALLOWED_NETWORKS: {entry!r} is not an address or a network") from None
+    return networks
+
+
+def read_or_create_secret(path: Path) -> str:
+    """The key in `path`, created once with mode 0600, atomically: processes starting together share one key."""
+    if not path.exists():
+        import secrets
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")  # mode 0600 from the start
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(50))
+            with contextlib.suppress(FileExistsError):  # another process got there first: its key wins
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    return path.read_text().strip()
+
+
 DEBUG = env_bool("DEBUG", False)
 # SECRET_KEY from the environment; otherwise a random key kept in .secret_key
 # (never a key that ships in the source, which would make sessions forgeable).
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
-if not SECRET_KEY:
-    _key_file = BASE_DIR / ".secret_key"
-    if not _key_file.exists():
-        import secrets
-
-        _key_file.write_text(secrets.token_urlsafe(50))
-        _key_file.chmod(0o600)
-    SECRET_KEY = _key_file.read_text().strip()
+SECRET_KEY = os.environ.get("SECRET_KEY", "") or read_or_create_secret(BASE_DIR / ".secret_key")
 
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
@@ -238,8 +281,10 @@ CHAT = {
     "OPENAI_TIMEOUT": env_float("OPENAI_TIMEOUT", 60.0),
     "OPENAI_FIRST_TOKEN_TIMEOUT": env_float("OPENAI_FIRST_TOKEN_TIMEOUT", 30.0),
     "OPENAI_MAX_RETRIES": env_int("OPENAI_MAX_RETRIES", 2),
-    # Hosts the approval-gated webhook_post tool may reach.
-    "WEBHOOK_ALLOWED_HOSTS": [h.strip() for h in os.environ.get("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()],
+    # Origins (scheme://host[:port]) the approval-gated webhook_post tool may reach: none by default.
+    "WEBHOOK_ALLOWED_ORIGINS": webhook_origins(os.environ.get("WEBHOOK_ALLOWED_ORIGINS", "")),
+    # Networks (CIDR) a webhook host name may resolve to although they are not public (loopback, private...).
+    "WEBHOOK_ALLOWED_NETWORKS": webhook_networks(os.environ.get("WEBHOOK_ALLOWED_NETWORKS", "")),
 }
 
 LOGGING = {

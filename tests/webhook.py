@@ -25,6 +25,7 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
+                receiver.hosts.append(self.headers.get("Host"))
                 receiver.bodies.append(json.loads(self.rfile.read(length) or b"null"))
                 receiver.received.set()
                 if receiver.gate is not None:
@@ -38,7 +39,9 @@ class WebhookReceiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"{self.origin}/hook"
+        self.hosts: list[str | None] = []  # the Host header of every request
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -49,8 +52,13 @@ class WebhookReceiver:
 
 
 @pytest.fixture
-def webhook() -> Iterator[WebhookReceiver]:
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebhookReceiver]:
+    """The receiver, its origin allowed here and in every server process the test starts."""
+    from django.conf import settings
+
     receiver = WebhookReceiver()
+    monkeypatch.setitem(settings.CHAT, "WEBHOOK_ALLOWED_ORIGINS", [receiver.origin])
+    monkeypatch.setenv("WEBHOOK_ALLOWED_ORIGINS", receiver.origin)
     yield receiver
     receiver.close()
 
