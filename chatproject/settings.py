@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -96,6 +97,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "axes",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
@@ -112,7 +114,22 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "chatproject.metrics.RequestMetricsMiddleware",
+    # Last, as django-axes asks: turns a locked-out sign-in into chatproject.security.lockout_response.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Sign-in lockout (django-axes) on every path that checks a password: the login page, the admin's
+# and the token endpoint. Failures are counted per client address (chatproject.security.client_ip).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "chatproject.security.client_ip"
+AXES_LOCKOUT_CALLABLE = "chatproject.security.lockout_response"
+AXES_VERBOSE = False
+# Proxies in front of the server that append to X-Forwarded-For; 0: the header is never believed.
+TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
 
 ROOT_URLCONF = "chatproject.urls"
 
@@ -221,6 +238,7 @@ REST_FRAMEWORK = {
         "login": os.environ.get("THROTTLE_LOGIN", "10/min"),
     },
     "UNAUTHENTICATED_USER": None,
+    "NUM_PROXIES": TRUSTED_PROXIES,  # the throttles' client address, as chatproject.security.client_ip
 }
 
 SPECTACULAR_SETTINGS = {
