@@ -16,6 +16,7 @@ REPLIES_FINISHED = Counter("chat_replies_finished_total", "Assistant replies fin
 DELTA_FRAMES = Counter("chat_delta_frames_total", "message.delta frames made (each written to every socket of its session)")
 FRAMES_COALESCED = Counter("chat_frames_coalesced_total", "Deltas joined into an earlier frame for a socket whose connection was full")
 ACTIVE_REPLIES = Gauge("chat_active_replies", "Replies streaming in this process")
+FINAL_SAVE_RETRIES = Counter("chat_final_save_retries_total", "Saves of a reply's end retried because the database was away")
 OPEN_SOCKETS = Gauge("chat_open_sockets", "WebSockets open in this process")
 DB_QUEUE_SECONDS = Histogram(
     "chat_db_queue_seconds", "Time a step waited for a database thread", ["pool", "step"],

@@ -283,3 +283,38 @@ async def test_deleting_a_session_stops_its_reply(session, user, api):  # type: 
         await asyncio.sleep(0.02)
     assert uuid.UUID(reply_id) not in engine.replies.running()
     await comm.disconnect()
+
+
+@pytestmark_tx
+async def test_a_reply_outlives_a_database_outage_longer_than_the_old_retries(session, user, monkeypatch):  # type: ignore[no-untyped-def]
+    """The final save fails for 6 s (longer than the ~4 s retried before): the text is kept and saved once the database is back."""
+    import time
+
+    from django.db import OperationalError
+
+    original = replies.reply_finish
+    outage: dict[str, float] = {}
+
+    def away(**kwargs):  # type: ignore[no-untyped-def]
+        outage.setdefault("since", time.monotonic())
+        if time.monotonic() - outage["since"] < 6.0:
+            raise OperationalError("server closed the connection unexpectedly")
+        return original(**kwargs)
+
+    monkeypatch.setattr(replies, "reply_finish", away)
+    comm = await open_socket(session.pk, token=await db(token_for, user))
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": "/slow 30"})
+    reply_id = (await frames_until(comm, "message.created", where=lambda f: f["message"]["role"] == "assistant"))[-1]["message"]["id"]
+    while "since" not in outage:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)
+    # Meanwhile the sweep (a socket opening the session runs it) leaves the reply alone: this process holds it.
+    here = engine.replies.running()
+    assert await db(lambda: replies.replies_mark_interrupted(running_here=here)) == []
+    assert (await db(lambda: Message.objects.get(pk=reply_id))).status == "streaming"
+    final = (await frames_until(comm, "message.completed", where=lambda f: f["message"]["id"] == reply_id, timeout=30))[-1]["message"]
+    stored = await db(lambda: Message.objects.get(pk=reply_id))
+    assert final["status"] == stored.status == "complete"
+    assert stored.content == final["content"] == "".join(f"chunk {i} " for i in range(1, 31))
+    await comm.disconnect()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from chat import events
 from chat.engine.hub import Hub, Sink
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 EARLY_CANCEL_SECONDS = 30.0
 CHECKPOINT_CHUNK = 100
+FINISH_ATTEMPTS = 4  # saves of a reply's end that fail for another reason than the database being away
+FINISH_BACKOFF_MAX = 5.0  # seconds between saves while the database is away
 
 
 class Steps(Protocol):
@@ -194,14 +197,31 @@ class Replies:
         return Ended(message_id=message_id, status=status, advance=advance, plan_id=ctx.extra.get("plan_id"))
 
     async def _finish(self, message_id: uuid.UUID, session_id: uuid.UUID | None, **fields: Any) -> turn_replies.Finished | None:
-        """Store the end of a reply; retried, then a plain UPDATE: a reply is never left `streaming`."""
+        """Store the end of a reply: a reply is never left `streaming`, and its text is not dropped while the database is away.
+
+        While the database cannot be reached (OperationalError, InterfaceError) the text stays in
+        this process and the save is retried with backoff, without end: the reply stays in
+        `self.runs` meanwhile, so this process's sweep leaves it alone. Any other error is retried
+        a few times, then the reply is ended `failed` with its text by a plain UPDATE.
+        """
         if session_id is not None:
-            for attempt in range(4):
+            away = other = 0
+            while other < FINISH_ATTEMPTS:
                 try:
-                    return await self.steps.write(turn_replies.reply_finish, message_id=message_id, session_id=session_id, **fields)
+                    saved = await self.steps.write(turn_replies.reply_finish, message_id=message_id, session_id=session_id, **fields)
+                    if away:
+                        logger.warning("Reply %s saved after the database was away for %d attempts", message_id, away)
+                    return saved
+                except (OperationalError, InterfaceError):
+                    away += 1
+                    metrics.FINAL_SAVE_RETRIES.inc()
+                    if away == 1 or away % 20 == 0:
+                        logger.warning("The database is away; reply %s is kept here and saved when it is back (attempt %d)", message_id, away, exc_info=away == 1)
+                    await asyncio.sleep(min(FINISH_BACKOFF_MAX, 0.25 * 2 ** min(away - 1, 6)))
                 except Exception:
-                    logger.warning("Saving the end of reply %s failed (attempt %d)", message_id, attempt + 1, exc_info=True)
-                    await asyncio.sleep(0.25 * 2**attempt)
+                    other += 1
+                    logger.warning("Saving the end of reply %s failed (attempt %d)", message_id, other, exc_info=True)
+                    await asyncio.sleep(0.25 * 2 ** (other - 1))
         fields.pop("placeholder", None)
         try:
             await self.steps.write(
