@@ -136,7 +136,7 @@ def base_env(db_url: str, secret_key: str) -> dict[str, str]:
         SECRET_KEY=secret_key,
         DEBUG="0",
         ALLOWED_HOSTS="127.0.0.1",
-        THROTTLE_WRITES="100000/min",
+        THROTTLE_WRITES="100000/min", TURNS_PER_MINUTE="0", MAX_REPLIES_PER_USER="0", WS_MAX_SOCKETS_PER_USER="0",
         DEMO_SLOW_DELAY="0",
         DEMO_DELTA_DELAY="0",
         LOG_LEVEL="WARNING",

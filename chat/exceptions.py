@@ -36,3 +36,10 @@ class Busy(ChatError):
 class InvalidInput(ChatError):
     code = "validation_error"
     status = 400
+
+
+class RateLimited(ChatError):
+    """A per-user budget is spent (turns per minute, concurrent replies, sockets): 429 / `rate_limited`."""
+
+    code = "rate_limited"
+    status = 429

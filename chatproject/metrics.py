@@ -17,6 +17,7 @@ DELTA_FRAMES = Counter("chat_delta_frames_total", "message.delta frames made (ea
 FRAMES_COALESCED = Counter("chat_frames_coalesced_total", "Deltas joined into an earlier frame for a socket whose connection was full")
 ACTIVE_REPLIES = Gauge("chat_active_replies", "Replies streaming in this process")
 FINAL_SAVE_RETRIES = Counter("chat_final_save_retries_total", "Saves of a reply's end retried because the database was away")
+SOCKETS_TOO_FAR_BEHIND = Counter("chat_sockets_too_far_behind_total", "Sockets closed (4408) because their unsent output passed WS_MAX_UNSENT_BYTES")
 OPEN_SOCKETS = Gauge("chat_open_sockets", "WebSockets open in this process")
 DB_QUEUE_SECONDS = Histogram(
     "chat_db_queue_seconds", "Time a step waited for a database thread", ["pool", "step"],

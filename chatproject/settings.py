@@ -287,6 +287,16 @@ CHAT = {
     # Socket frames a client may send per second before it gets rate_limited.
     "WS_FRAMES_PER_SECOND": env_int("WS_FRAMES_PER_SECOND", 20),
     "WS_MAX_FRAME_BYTES": env_int("WS_MAX_FRAME_BYTES", 256 * 1024),
+    # A socket with more than this of output it has not read yet (held here and in its connection's
+    # buffer) is closed with 4408; the client reconnects and gets session.ready.
+    "WS_MAX_UNSENT_BYTES": env_int("WS_MAX_UNSENT_BYTES", 4 * 1024 * 1024),
+    # `resync` frames per socket per minute (a few at once are fine); beyond, `rate_limited`.
+    "WS_RESYNCS_PER_MINUTE": env_int("WS_RESYNCS_PER_MINUTE", 12),
+    # Per-user budgets (chat.turn.budget); 0 turns one off. Turns: REST and socket together.
+    "TURNS_PER_MINUTE": env_int("TURNS_PER_MINUTE", 20),
+    "MAX_REPLIES_PER_USER": env_int("MAX_REPLIES_PER_USER", 5),
+    # Open sockets of one user in one server process.
+    "WS_MAX_SOCKETS_PER_USER": env_int("WS_MAX_SOCKETS_PER_USER", 20),
     # The kernel's send buffer of a socket (0: the system's, which grows to megabytes for a slow reader).
     "WS_SEND_BUFFER_BYTES": env_int("WS_SEND_BUFFER_BYTES", 128 * 1024),
     "HISTORY_MESSAGES": env_int("HISTORY_MESSAGES", 50),

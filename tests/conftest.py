@@ -33,11 +33,15 @@ def _engine_stops_before_the_test_database_goes(django_db_setup):  # type: ignor
 
 @pytest.fixture(autouse=True)
 def _fast_settings(settings):  # type: ignore[no-untyped-def]
-    """Quick demo replies and no write throttling unless a test asks for it."""
+    """Quick demo replies, and no write throttling or per-user budget unless a test asks for it."""
     from django.core.cache import cache
 
     cache.clear()
-    settings.CHAT = {**settings.CHAT, "DEMO_DELTA_DELAY": 0.0, "DEMO_SLOW_DELAY": 0.02}
+    # One user runs tens of turns at once in the concurrency tests: the per-user budgets are tested on their own.
+    settings.CHAT = {
+        **settings.CHAT, "DEMO_DELTA_DELAY": 0.0, "DEMO_SLOW_DELAY": 0.02,
+        "TURNS_PER_MINUTE": 0, "MAX_REPLIES_PER_USER": 0, "WS_MAX_SOCKETS_PER_USER": 0,
+    }
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"writes": "100000/min", "login": "100000/min"}}
     yield
 

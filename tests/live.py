@@ -69,6 +69,9 @@ class DaphneServer:
             "WORKER_HEARTBEAT": "1",
             "WORKER_TIMEOUT": "5",
             "THROTTLE_WRITES": "100000/min",
+            "TURNS_PER_MINUTE": "0",
+            "MAX_REPLIES_PER_USER": "0",
+            "WS_MAX_SOCKETS_PER_USER": "0",
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("CHAT_SKIP_STARTUP_SWEEP", None)

@@ -192,3 +192,48 @@ def _wait_reply_ended(session_id):  # type: ignore[no-untyped-def]
             return reply
         time.sleep(0.05)
     raise AssertionError("the reply never ended")
+
+
+async def test_a_socket_that_sends_but_never_reads_is_closed_once_its_unsent_output_passes_the_limit(user, daphne_server):  # type: ignore[no-untyped-def]
+    import socket
+    import urllib.request
+
+    token = await db(token_for, user)
+    session = await db(session_create, owner=user)
+    server = daphne_server(env={"WS_MAX_UNSENT_BYTES": "300000", "WS_FRAMES_PER_SECOND": "100000", "WS_RESYNCS_PER_MINUTE": "10000000"})
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", server.port))
+    hostile = await websockets.connect(
+        f"{server.ws_url}/ws/sessions/{session.pk}/", sock=raw, max_queue=1, max_size=None,
+        additional_headers={"Authorization": f"Token {token}"},
+    )
+    ready = await recv(hostile)
+    assert ready["type"] == "session.ready"
+    # Every resync asks for a session.ready it never reads (what grew the server by megabytes before).
+    try:
+        for _ in range(5000):
+            await hostile.send('{"type": "resync"}')
+    except websockets.ConnectionClosed:
+        pass
+
+    def too_far_behind() -> float:
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        return next(float(line.split()[1]) for line in body.splitlines() if line.startswith("chat_sockets_too_far_behind_total "))
+
+    for _ in range(600):  # nothing is read meanwhile
+        if too_far_behind() >= 1:
+            break
+        await asyncio.sleep(0.1)
+    assert too_far_behind() == 1
+    # Its connection is gone: what it reads now ends in a close (after whatever the kernel held).
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            await asyncio.wait_for(hostile.recv(), timeout=30)
+    # The server goes on: a reading socket of the same session works.
+    fine = await connect(server, session.pk, token)
+    assert (await recv(fine))["type"] == "session.ready"
+    await fine.send(json.dumps({"type": "ping"}))
+    assert (await recv(fine))["type"] == "pong"
+    await fine.close()

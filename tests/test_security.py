@@ -144,3 +144,16 @@ def test_the_secret_key_file_is_made_once_with_mode_0600(tmp_path) -> None:  # t
     assert path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == [".secret_key"]  # no temporary file left behind
 
+
+async def test_resync_is_limited_on_its_own(session, token, settings):  # type: ignore[no-untyped-def]
+    settings.CHAT = {**settings.CHAT, "WS_RESYNCS_PER_MINUTE": 12, "WS_FRAMES_PER_SECOND": 1000}
+    comm = await open_socket(session.pk, token=token)
+    assert (await next_frame(comm))["type"] == "session.ready"
+    for i in range(4):
+        await send(comm, {"type": "resync", "request_id": i})
+    answers = [await next_frame(comm) for _ in range(4)]
+    assert [f["type"] for f in answers] == ["session.ready"] * 3 + ["error"]
+    assert (answers[3]["code"], answers[3]["request_id"]) == ("rate_limited", 3)
+    await send(comm, {"type": "ping"})
+    assert (await next_frame(comm))["type"] == "pong"  # other frames go on
+    await comm.disconnect()

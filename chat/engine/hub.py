@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 _DELTA_PREFIX = '{"type":"message.delta",'
 _DELETED_PREFIX = '{"type":"session.deleted",'
+_DELTA_OVERHEAD = 100  # the JSON around a held delta's text (type, message id, offset)
 
 
 class Run(Protocol):
@@ -97,12 +98,17 @@ class Sink:
     def __init__(
         self, send: Callable[[str], Awaitable[None]], *, on_resync: Callable[[], None] | None = None,
         wire: Wire | None = None, build: Callable[[bytes], bytes] | None = None,
+        on_overflow: Callable[[], None] | None = None, max_unsent: int = 0,
     ) -> None:
         self.id = next(_ids)
         self._send = send
         self.wire = wire
         self._build = build
         self.on_resync = on_resync
+        # Called once when the output this socket has not taken passes `max_unsent` bytes (0: no limit).
+        self.on_overflow = on_overflow
+        self.max_unsent = max_unsent
+        self.held_size = 0  # characters held (about bytes: frames are mostly ASCII JSON)
         self.open = False  # until session.ready went out, frames wait
         self.closed = False
         self.paused = False  # the connection's buffer is full (see ChatConsumer's producer)
@@ -133,13 +139,29 @@ class Sink:
         if self.paused and text.startswith(_DELTA_PREFIX):
             frame = json.loads(text)
             last = self.held[-1] if self.held else None
+            self.held_size += len(frame["delta"])
             if isinstance(last, list) and last[0] == frame["message_id"] and last[1] + sum(map(len, last[2])) == frame["offset"]:
                 last[2].append(frame["delta"])
                 metrics.FRAMES_COALESCED.inc()
-                return
-            self.held.append([frame["message_id"], frame["offset"], [frame["delta"]]])
+            else:
+                self.held_size += _DELTA_OVERHEAD
+                self.held.append([frame["message_id"], frame["offset"], [frame["delta"]]])
+        else:
+            self.held_size += len(text)
+            self.held.append(text)
+        if self.max_unsent and self.held_size + (self.wire.backlog() if self.wire is not None else 0) > self.max_unsent:
+            self.overflow()
+
+    def overflow(self) -> None:
+        """Too much output waits for this socket: drop it all and let the socket be closed (it resyncs on reconnect)."""
+        if self.closed:
             return
-        self.held.append(text)
+        self.closed = True
+        self.held.clear()
+        self.held_size = 0
+        metrics.SOCKETS_TOO_FAR_BEHIND.inc()
+        if self.on_overflow is not None:
+            self.on_overflow()
 
     async def release(self) -> None:
         """Write what was held (the socket opened, or its connection drained)."""
@@ -150,6 +172,7 @@ class Sink:
             item = self.held.pop(0)
             if isinstance(item, list):
                 item = events.encode_delta(item[0], item[1], "".join(item[2]))
+            self.held_size = max(0, self.held_size - len(item))  # a joined delta's frame is about what was counted
             await self._put(Out(item))
 
     def pause(self) -> None:
@@ -170,9 +193,6 @@ class Sink:
         self.paused = False
         if self.held and self.wake is not None:
             self.wake(self)
-
-    def held_chars(self) -> int:
-        return sum(len(i) if isinstance(i, str) else sum(map(len, i[2])) + 80 for i in self.held)
 
 
 class Hub:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils.dateparse import parse_datetime
@@ -103,6 +104,7 @@ class SessionRow:
     open_calls: bool = False
     open_plans: bool = False
     seen_client_id: uuid.UUID | None = None
+    owner_streaming: int = 0  # replies of the session's owner streaming now, in any session
 
 
 def _session_from(values: Sequence[Any]) -> ChatSession:
@@ -148,25 +150,33 @@ def lock_for_turns(requests: Sequence[tuple[uuid.UUID, int, str | None]]) -> dic
     sid = f"s.{_col(ChatSession, 'id')}"
     columns = ", ".join(f"s.{_col(ChatSession, f)}" for f in SESSION_FIELDS)
     ended = ", ".join(["%s"] * len(ENDED_CALLS))
+    # The owner's streaming replies, counted up to the cap only (chat.turn.budget); none when there is no cap.
+    cap = settings.CHAT["MAX_REPLIES_PER_USER"]
+    owner_streaming = (
+        f"(SELECT COUNT(*) FROM (SELECT 1 FROM {s} o JOIN {m} m ON m.{_col(Message, 'session')} = o.{_col(ChatSession, 'id')}"
+        f" WHERE o.{_col(ChatSession, 'owner')} = r.owner AND m.{_col(Message, 'status')} = %s LIMIT {int(cap)}) x)"
+        if cap > 0 else "0"
+    )
     sql = (
         f"WITH r(sid, owner, client_id) AS (VALUES {values}) SELECT {columns}"
         f", EXISTS(SELECT 1 FROM {m} m WHERE m.{_col(Message, 'session')} = {sid} AND m.{_col(Message, 'status')} = %s)"
         f", EXISTS(SELECT 1 FROM {t} t WHERE t.{_col(ToolCall, 'session')} = {sid} AND t.{_col(ToolCall, 'status')} NOT IN ({ended}))"
         f", EXISTS(SELECT 1 FROM {p} p WHERE p.{_col(Plan, 'session')} = {sid} AND p.{_col(Plan, 'status')} IN (%s, %s))"
         f", (SELECT m.{_col(Message, 'id')} FROM {m} m WHERE m.{_col(Message, 'session')} = {sid} AND m.{_col(Message, 'client_id')} = r.client_id)"
+        f", {owner_streaming}"
         f" FROM {s} s JOIN r ON {sid} = r.sid AND s.{_col(ChatSession, 'owner')} = r.owner ORDER BY {sid}{_lock_clause()}"
     )
     params: list[Any] = []
     for session_id, owner_id, client_id in requests:
         params += [_uuid(session_id), owner_id, client_id]
-    params += [Message.Status.STREAMING, *ENDED_CALLS, *OPEN_PLANS]
+    params += [Message.Status.STREAMING, *ENDED_CALLS, *OPEN_PLANS] + ([Message.Status.STREAMING] if cap > 0 else [])
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         found = cursor.fetchall()
     rows: dict[uuid.UUID, SessionRow] = {}
     for row in found:
         session = _session_from(row[:6])
-        rows[session.pk] = SessionRow(session, bool(row[6]), bool(row[7]), bool(row[8]), to_uuid(row[9]) if row[9] is not None else None)
+        rows[session.pk] = SessionRow(session, bool(row[6]), bool(row[7]), bool(row[8]), to_uuid(row[9]) if row[9] is not None else None, int(row[10]))
     return rows
 
 

@@ -22,7 +22,7 @@ from chat import events, idempotency, routing
 from chat.exceptions import AgentNotFound, Busy, ChatError, NotFound
 from chat.models import Agent, Message
 from chat.serializers import message_data
-from chat.turn import agentic, liveness, outbox, rows
+from chat.turn import agentic, budget, liveness, outbox, rows
 from chat.turn.context import context_for
 from chat.turn.locking import LockedSession, lock_for_turns
 from chat.validation import validate_client_id, validate_content
@@ -119,11 +119,23 @@ def turn_start_many(requests: list[TurnRequest]) -> list[Turn | ChatError]:
     results: list[Turn | ChatError | None] = [None] * len(requests)
     later: list[int] = []
     started: list[Turn] = []
+    # Over the minute's budget: refused before anything is locked (a repeat of a client_id too; it is rare).
+    asked = []
+    for index, request in enumerate(requests):
+        refused = budget.take_turn(request.user.pk)
+        if refused is not None:
+            results[index] = refused
+        else:
+            asked.append(index)
+    if not asked:
+        return results  # type: ignore[return-value]
     with transaction.atomic():
-        locked = lock_for_turns([(r.session_id, r.user.pk, r.client_id) for r in requests])
+        locked = lock_for_turns([(requests[i].session_id, requests[i].user.pk, requests[i].client_id) for i in asked])
         agents: list[Agent] | None = None
         taken: set[uuid.UUID] = set()
-        for index, request in enumerate(requests):
+        replying: dict[int, int] = {}  # replies started in this call, per user
+        for index in asked:
+            request = requests[index]
             row = locked.get(request.session_id)
             checks = row.checks if row is not None else None
             if row is None or checks is None:
@@ -134,7 +146,11 @@ def turn_start_many(requests: list[TurnRequest]) -> list[Turn | ChatError]:
                 later.append(index)
             elif request.reply and checks.streaming:
                 results[index] = Busy("A reply is already running in this session; wait for it or cancel it.")
+            elif request.reply and (full := budget.replies_full(checks.owner_streaming + replying.get(request.user.pk, 0))):
+                results[index] = full
             else:
+                if request.reply:
+                    replying[request.user.pk] = replying.get(request.user.pk, 0) + 1
                 if request.reply and agents is None:
                     agents = rows.active_agents()
                 turn = _new_turn(row, request, agents)
@@ -167,6 +183,8 @@ def _turn_start_alone(request: TurnRequest) -> Turn:
             return _replay(row.pk, checks.seen_client_id, request.user.pk)
         if request.reply and checks.streaming:
             raise Busy("A reply is already running in this session; wait for it or cancel it.")
+        if request.reply and (full := budget.replies_full(checks.owner_streaming)):
+            raise full
         if checks.open_calls or checks.open_plans:
             # Busy while a tool or plan runs (a message without a reply too: it would land between a
             # tool call and its result); what waits for the user is superseded by this message.

@@ -8,6 +8,7 @@ socket from the engine's hub, written directly, in order (chat.engine.hub).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY_SOCKETS = 4429  # WS_MAX_SOCKETS_PER_USER
+CLOSE_TOO_FAR_BEHIND = 4408  # the client did not read its frames (WS_MAX_UNSENT_BYTES)
+CLOSE_GRACE = 2.0  # seconds a socket closed for not reading has before its connection is dropped
 
 Frame = dict[str, Any]
 
@@ -56,14 +60,17 @@ def _switch_agent(user: Any, session_id: uuid.UUID, slug: str) -> None:
 
 
 class TokenBucket:
-    def __init__(self, rate: float) -> None:
+    """`rate` tokens a second, at most `burst` (default: a second's worth) saved up."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
         self.rate = rate
-        self.tokens = rate
+        self.burst = max(1.0, burst if burst is not None else rate)
+        self.tokens = self.burst
         self.stamp = time.monotonic()
 
     def take(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens >= 1:
             self.tokens -= 1
@@ -94,9 +101,14 @@ def _str_field(frame: Frame, name: str, *, max_length: int, required: bool = Tru
     return validate_text(value, name)
 
 
+# Open sockets per user in this process (WS_MAX_SOCKETS_PER_USER).
+_sockets_of: dict[int, int] = {}
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     session_id: uuid.UUID
     sink: Sink | None = None
+    counted = False  # this socket is in _sockets_of
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes old connections of its shared database thread before every handler (a
@@ -118,9 +130,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.user = user
+        limit = settings.CHAT["WS_MAX_SOCKETS_PER_USER"]
+        if limit > 0 and _sockets_of.get(user.pk, 0) >= limit:
+            await self.accept()
+            await self.send(text_data=events.encode(events.error("rate_limited", f"At most {limit} open sockets per user; close a tab.")))
+            await self.close(code=CLOSE_TOO_MANY_SOCKETS)
+            return
+        _sockets_of[user.pk] = _sockets_of.get(user.pk, 0) + 1
+        self.counted = True
         self.bucket = TokenBucket(settings.CHAT["WS_FRAMES_PER_SECOND"])
+        resyncs = settings.CHAT["WS_RESYNCS_PER_MINUTE"]
+        self.resyncs = TokenBucket(resyncs / 60, burst=min(resyncs, 3))
         await engine.start()
-        sink = Sink(self._write, on_resync=self._resync_soon, wire=Wire.of(self.base_send), build=frame_bytes)
+        sink = Sink(
+            self._write, on_resync=self._resync_soon, wire=Wire.of(self.base_send), build=frame_bytes,
+            on_overflow=self._too_far_behind, max_unsent=settings.CHAT["WS_MAX_UNSENT_BYTES"],
+        )
         # Join before reading the snapshot: whatever is sent after this reaches us (held until the snapshot went out).
         await engine.hub.join(self.session_id, sink)
         self.sink = sink
@@ -137,6 +162,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._catch_up(snapshot.active)
 
     async def disconnect(self, code: int) -> None:
+        if self.counted:
+            self.counted = False
+            left = _sockets_of.get(self.user.pk, 1) - 1
+            if left > 0:
+                _sockets_of[self.user.pk] = left
+            else:
+                _sockets_of.pop(self.user.pk, None)
         if self.sink is not None:
             if self.sink.open:
                 metrics.OPEN_SOCKETS.dec()
@@ -169,6 +201,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def _resync_soon(self) -> None:
         engine.spawn(self.send_ready())
+
+    def _too_far_behind(self) -> None:
+        """The socket left more than WS_MAX_UNSENT_BYTES unread: close it (4408); it reconnects and resyncs."""
+        logger.warning("Socket of session %s closed: its unsent output passed WS_MAX_UNSENT_BYTES", self.session_id)
+        wire = self.sink.wire if self.sink is not None else None
+        engine.spawn(self._close_behind(wire))
+
+    async def _close_behind(self, wire: Any) -> None:
+        await self.disconnect(CLOSE_TOO_FAR_BEHIND)
+        await self.close(code=CLOSE_TOO_FAR_BEHIND)
+        if wire is not None:
+            # The close frame waits behind what the client does not read; drop the connection and its buffer.
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, wire.transport.abortConnection)
 
     # Client frames ----------------------------------------------------------------
 
@@ -263,6 +308,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await engine.write(service, user=self.user, session_id=self.session_id, decision=decision, comment=comment, **{id_field: target})
 
     async def on_resync(self, frame: Frame) -> None:
+        if not self.resyncs.take():
+            raise ChatError("Too many resync frames; slow down.", code="rate_limited")
         await self.send_ready()
 
     async def on_ping(self, frame: Frame) -> None:
