@@ -295,6 +295,8 @@ CHAT = {
     # Per-user budgets (chat.turn.budget); 0 turns one off. Turns: REST and socket together.
     "TURNS_PER_MINUTE": env_int("TURNS_PER_MINUTE", 20),
     "MAX_REPLIES_PER_USER": env_int("MAX_REPLIES_PER_USER", 5),
+    # Seconds between rechecks of every socket's credential (closed with 4401 once it is gone).
+    "WS_AUTH_RECHECK_SECONDS": env_float("WS_AUTH_RECHECK_SECONDS", 5.0),
     # Open sockets of one user in one server process.
     "WS_MAX_SOCKETS_PER_USER": env_int("WS_MAX_SOCKETS_PER_USER", 20),
     # The kernel's send buffer of a socket (0: the system's, which grows to megabytes for a slow reader).

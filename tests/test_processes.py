@@ -237,3 +237,26 @@ async def test_a_socket_that_sends_but_never_reads_is_closed_once_its_unsent_out
     await fine.send(json.dumps({"type": "ping"}))
     assert (await recv(fine))["type"] == "pong"
     await fine.close()
+
+
+@pytest.mark.parametrize("limit", [256 * 1024, 2 * 1024 * 1024])
+async def test_the_frame_limit_holds_end_to_end_an_error_under_it_a_clean_1009_over_it(user, daphne_server, limit):  # type: ignore[no-untyped-def]
+    token = await db(token_for, user)
+    session = await db(session_create, owner=user)
+    server = daphne_server(env={"WS_MAX_FRAME_BYTES": str(limit)})
+    ws = await websockets.connect(
+        f"{server.ws_url}/ws/sessions/{session.pk}/", max_size=None, compression=None,
+        additional_headers={"Authorization": f"Token {token}"},
+    )
+    await recv(ws)
+    # Just under the limit (above daphne's own 1 MiB default in the second case): read, and answered.
+    await ws.send('{"type": "ping", "pad": "' + "x" * (limit - 40) + '"}')
+    assert (await recv(ws))["type"] == "pong"
+    await ws.send("x" * (limit - 10))
+    assert (await recv(ws))["code"] == "invalid_json"
+    # Over it: a clean close with 1009 (message too big), not a dropped connection.
+    await ws.send('{"type": "ping", "pad": "' + "x" * limit + '"}')
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await recv(ws)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert await db(lambda: Message.objects.filter(session=session).count()) == 0

@@ -157,3 +157,74 @@ async def test_resync_is_limited_on_its_own(session, token, settings):  # type: 
     await send(comm, {"type": "ping"})
     assert (await next_frame(comm))["type"] == "pong"  # other frames go on
     await comm.disconnect()
+
+
+# sockets lose their authorisation with their credentials ---------------------------------------
+
+async def _closed_with(comm, code: int) -> bool:  # type: ignore[no-untyped-def]
+    while True:
+        output = await comm.receive_output(timeout=10)
+        if output["type"] == "websocket.close":
+            return output.get("code") == code
+
+
+async def test_deleting_a_token_closes_its_sockets_and_only_those(session, user, token):  # type: ignore[no-untyped-def]
+    from rest_framework.authtoken.models import Token
+
+    by_token = await open_socket(session.pk, token=token)
+    await next_frame(by_token)
+    await db(lambda: Token.objects.filter(key=token).delete())
+    assert await _closed_with(by_token, 4401)
+    # A new token works again.
+    fresh = await db(lambda: Token.objects.create(user=user).key)
+    again = await open_socket(session.pk, token=fresh)
+    assert (await next_frame(again))["type"] == "session.ready"
+    await again.disconnect()
+
+
+async def test_signing_out_closes_the_cookie_sockets_of_that_sign_in(session, user, token, client):  # type: ignore[no-untyped-def]
+    from channels.testing import WebsocketCommunicator
+
+    from chatproject.asgi import application
+
+    await db(client.force_login, user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    headers = [(b"cookie", cookie), (b"origin", b"http://localhost:8000"), (b"host", b"localhost:8000")]
+    by_cookie = WebsocketCommunicator(application, f"/ws/sessions/{session.pk}/", headers=headers)
+    assert (await by_cookie.connect())[0]
+    assert (await next_frame(by_cookie))["type"] == "session.ready"
+    by_token = await open_socket(session.pk, token=token)
+    await next_frame(by_token)
+    assert (await db(client.post, "/accounts/logout/")).status_code == 302
+    assert await _closed_with(by_cookie, 4401)
+    await send(by_token, {"type": "ping"})
+    assert (await next_frame(by_token))["type"] == "pong"  # the token was not signed out
+    await by_token.disconnect()
+
+
+async def test_deactivating_a_user_closes_all_their_sockets(session, user, token):  # type: ignore[no-untyped-def]
+    sockets = [await open_socket(session.pk, token=token) for _ in range(12)]
+    for comm in sockets:
+        await next_frame(comm)
+
+    def deactivate() -> None:
+        user.is_active = False
+        user.save()
+
+    await db(deactivate)
+    assert all([await _closed_with(comm, 4401) for comm in sockets])
+
+
+async def test_a_credential_removed_behind_the_servers_back_is_found_by_the_recheck(session, user, token, settings):  # type: ignore[no-untyped-def]
+    from django.db import connection
+
+    settings.CHAT = {**settings.CHAT, "WS_AUTH_RECHECK_SECONDS": 0.2}
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+
+    def delete_without_signals() -> None:  # as another server process or an operator's SQL would
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM authtoken_token")
+
+    await db(delete_without_signals)
+    assert await _closed_with(comm, 4401)

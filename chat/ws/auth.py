@@ -72,7 +72,7 @@ class SocketAuthMiddleware:
                 user = await engine.read(_user_for_token, key.strip())
             else:
                 user = AnonymousUser()
-            return await self.inner({**scope, "user": user, "auth": "token"}, receive, send)
+            return await self.inner({**scope, "user": user, "auth": "token", "auth_key": key.strip()}, receive, send)
         if origin_allowed(_header(scope, b"origin"), _header(scope, b"host"), scope.get("scheme", "ws")):
             return await self.cookie_auth({**scope, "auth": "cookie"}, receive, send)
         return await self.inner({**scope, "user": AnonymousUser(), "auth": "none"}, receive, send)

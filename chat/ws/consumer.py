@@ -27,7 +27,8 @@ from chat.models import Message
 from chat.turn import agentic, turns
 from chat.turn.snapshot import session_snapshot
 from chat.validation import validate_client_id, validate_content, validate_text
-from chat.ws.wire import Wire, frame_bytes
+from chat.ws import revoke
+from chat.ws.wire import Wire, frame_bytes, limit_frames
 from chatproject import metrics
 from sessions_app import selectors as session_selectors
 from sessions_app import services as session_services
@@ -109,6 +110,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     session_id: uuid.UUID
     sink: Sink | None = None
     counted = False  # this socket is in _sockets_of
+    holder: revoke.Holder | None = None  # in the registry of credentials (chat.ws.revoke)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes old connections of its shared database thread before every handler (a
@@ -138,9 +140,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         _sockets_of[user.pk] = _sockets_of.get(user.pk, 0) + 1
         self.counted = True
+        credential = ("token", self.scope.get("auth_key", "")) if self.scope.get("auth") == "token" else ("cookie", getattr(self.scope.get("session"), "session_key", None) or "")
+        self.holder = revoke.Holder(user.pk, credential, self._revoked)
+        revoke.register(self.holder)
         self.bucket = TokenBucket(settings.CHAT["WS_FRAMES_PER_SECOND"])
         resyncs = settings.CHAT["WS_RESYNCS_PER_MINUTE"]
         self.resyncs = TokenBucket(resyncs / 60, burst=min(resyncs, 3))
+        limit_frames(self.base_send, settings.CHAT["WS_MAX_FRAME_BYTES"])
         await engine.start()
         sink = Sink(
             self._write, on_resync=self._resync_soon, wire=Wire.of(self.base_send), build=frame_bytes,
@@ -162,6 +168,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._catch_up(snapshot.active)
 
     async def disconnect(self, code: int) -> None:
+        if self.holder is not None:
+            revoke.unregister(self.holder)
+            self.holder = None
         if self.counted:
             self.counted = False
             left = _sockets_of.get(self.user.pk, 1) - 1
@@ -199,6 +208,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.send_frame(snapshot.frame)
         await self._catch_up(snapshot.active)
 
+    async def _revoked(self) -> None:
+        """The credential this socket was opened with is gone (sign-out, token deleted, user deactivated)."""
+        await self.disconnect(CLOSE_UNAUTHENTICATED)
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
     def _resync_soon(self) -> None:
         engine.spawn(self.send_ready())
 
@@ -220,11 +234,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         request_id = None
         try:
-            allowed = self.bucket.take()
+            if not self.bucket.take():
+                # Checked before anything is parsed: a flood costs no parsing (so no request_id either).
+                raise ChatError("Too many frames; slow down.", code="rate_limited")
             if text_data is None:
                 raise ChatError("Frames are JSON text, not binary.", code="invalid_json")
             limit = settings.CHAT["WS_MAX_FRAME_BYTES"]
-            # Characters first (cheap); a frame under the limit in characters may still be over it in bytes.
+            # The server closes the connection (1009) on a frame over the limit before it gets here
+            # (chat.ws.wire.limit_frames); this check holds where that cannot be set (another server).
             if len(text_data) > limit or (len(text_data) * 4 > limit and len(text_data.encode("utf-8", "surrogatepass")) > limit):
                 raise InvalidInput(f"Frame too large: at most {limit} bytes.")
             try:
@@ -237,8 +254,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if request_id is not None and not (isinstance(request_id, (str, int)) and len(str(request_id)) <= 100):
                 request_id = None
                 raise InvalidInput("request_id must be a string or number of at most 100 characters.")
-            if not allowed:  # checked after parsing, so the error can carry the frame's request_id
-                raise ChatError("Too many frames; slow down.", code="rate_limited")
             kind = frame.get("type")
             if not isinstance(kind, str):
                 raise InvalidInput('"type" is required and must be a string.')

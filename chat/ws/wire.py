@@ -36,6 +36,29 @@ def frame_bytes(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
+def _protocol_of(send: Any) -> Any:
+    """daphne's WebSocket protocol (an autobahn one) under a consumer's ASGI `send`, or None elsewhere."""
+    args = getattr(send, "args", ())
+    protocol = args[0] if args else None
+    return protocol if hasattr(protocol, "maxMessagePayloadSize") and hasattr(protocol, "failByDrop") else None
+
+
+def limit_frames(send: Any, limit: int) -> bool:
+    """Make WS_MAX_FRAME_BYTES the connection's own limit: a bigger message is refused with a clean close 1009.
+
+    daphne's default (1 MiB, its --websocket-max-message-size) would otherwise apply, and
+    autobahn drops the TCP connection over it without a close frame (`failByDrop`). Set per
+    connection, so the one setting holds whatever the server was started with.
+    """
+    protocol = _protocol_of(send)
+    if protocol is None:
+        return False
+    protocol.maxMessagePayloadSize = limit
+    protocol.maxFramePayloadSize = limit
+    protocol.failByDrop = False
+    return True
+
+
 class Wire:
     def __init__(self, protocol: Any, transport: Any) -> None:
         self.protocol = protocol
