@@ -2,14 +2,19 @@
 
 Messages use the contract's `Message` shape (reactions aggregated, statuses and errors kept);
 the JSON export adds each session's tool calls, approvals and plans.
-A fixed number of queries whatever the number of sessions, messages, tool calls, approvals or plans.
+
+Exports are made piece by piece (`iter_export_json`, `iter_export_markdown`) and streamed by the
+admin: messages are read EXPORT_CHUNK at a time (two queries per chunk: the messages and their
+reactions), so a session of a million messages never sits in memory at once. Besides the
+chunks: one query for the sessions, and three for the tool calls, approvals and plans.
 """
 
 from __future__ import annotations
 
+import html
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -20,27 +25,32 @@ from chat.models import Approval, Message, Plan, Reaction, ToolCall
 from chat.serializers import MessageSerializer, summarize_reactions
 from sessions_app.models import ChatSession
 
+EXPORT_CHUNK = 1000
 
-def _load(sessions: Iterable[ChatSession]) -> list[tuple[ChatSession, list[Message]]]:
-    """The sessions (in the given order) with their messages, agents and reactions: three queries."""
+
+def _sessions(sessions: Iterable[ChatSession]) -> list[ChatSession]:
+    """The sessions, in the given order, with their owner and agent: one query."""
     if isinstance(sessions, QuerySet):
-        loaded = list(sessions.select_related("owner", "agent"))
-    else:
-        given = [session.pk for session in sessions]
-        by_id = ChatSession.objects.select_related("owner", "agent").in_bulk(given)
-        loaded = [by_id[pk] for pk in dict.fromkeys(given) if pk in by_id]
-    if not loaded:
-        return []
-    messages: dict[Any, list[Message]] = defaultdict(list)
-    rows = (
-        Message.objects.filter(session_id__in=[session.pk for session in loaded])
-        .select_related("agent")
-        .prefetch_related(Prefetch("reactions", queryset=Reaction.objects.order_by("created_at", "pk")))
-        .order_by("session_id", "seq")
-    )
-    for message in rows:
-        messages[message.session_id].append(message)
-    return [(session, messages[session.pk]) for session in loaded]
+        return list(sessions.select_related("owner", "agent"))
+    given = [session.pk for session in sessions]
+    by_id = ChatSession.objects.select_related("owner", "agent").in_bulk(given)
+    return [by_id[pk] for pk in dict.fromkeys(given) if pk in by_id]
+
+
+def _messages(session: ChatSession) -> Iterator[Message]:
+    """The session's messages in seq order, with agents and reactions, EXPORT_CHUNK at a time (two queries a chunk)."""
+    after = 0
+    while True:
+        chunk = list(
+            Message.objects.filter(session_id=session.pk, seq__gt=after)
+            .select_related("agent")
+            .prefetch_related(Prefetch("reactions", queryset=Reaction.objects.order_by("created_at", "pk")))
+            .order_by("seq")[:EXPORT_CHUNK]
+        )
+        yield from chunk
+        if len(chunk) < EXPORT_CHUNK:
+            return
+        after = chunk[-1].seq
 
 
 def _id(value: Any) -> str | None:
@@ -123,7 +133,11 @@ def _message_dict(message: Message, owner_id: int) -> dict[str, Any]:
     return dict(MessageSerializer(message, context={"viewer_id": owner_id}).data)
 
 
-def _session_dict(session: ChatSession, messages: list[Message], agentic: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def _dumps(value: Any) -> str:
+    return json.dumps(value, cls=DjangoJSONEncoder, ensure_ascii=False)
+
+
+def _session_head(session: ChatSession) -> dict[str, Any]:
     return {
         "id": str(session.pk),
         "title": session.title,
@@ -132,23 +146,33 @@ def _session_dict(session: ChatSession, messages: list[Message], agentic: dict[s
         "agent": session.agent.slug if session.agent else None,
         "created_at": session.created_at,
         "updated_at": session.updated_at,
-        "message_count": len(messages),
-        "messages": [_message_dict(message, session.owner_id) for message in messages],
-        "tool_calls": agentic["tool_calls"],
-        "approvals": agentic["approvals"],
-        "plans": agentic["plans"],
+        "message_count": session.message_count,
     }
 
 
+def iter_export_json(sessions: Iterable[ChatSession]) -> Iterator[str]:
+    """A JSON array with one object per session: `messages` in seq order, then `tool_calls`, `approvals` and `plans`, oldest first."""
+    loaded = _sessions(sessions)
+    agentic = _load_agentic([session.pk for session in loaded])
+    yield "["
+    for index, session in enumerate(loaded):
+        head = _dumps(_session_head(session))
+        yield ("," if index else "") + "\n" + head[:-1] + ', "messages": ['
+        first = True
+        for message in _messages(session):
+            yield ("" if first else ",") + "\n  " + _dumps(_message_dict(message, session.owner_id))
+            first = False
+        rest = agentic[session.pk]
+        yield f'], "tool_calls": {_dumps(rest["tool_calls"])}, "approvals": {_dumps(rest["approvals"])}, "plans": {_dumps(rest["plans"])}}}'
+    yield "\n]\n"
+
+
 def session_export_data(sessions: Iterable[ChatSession]) -> list[dict[str, Any]]:
-    loaded = _load(sessions)
-    agentic = _load_agentic([session.pk for session, _ in loaded])
-    return [_session_dict(session, messages, agentic[session.pk]) for session, messages in loaded]
+    return json.loads(session_export_json(sessions))
 
 
 def session_export_json(sessions: Iterable[ChatSession]) -> str:
-    """A JSON array with one object per session: `messages` in seq order, then `tool_calls`, `approvals` and `plans`, oldest first."""
-    return json.dumps(session_export_data(sessions), cls=DjangoJSONEncoder, ensure_ascii=False, indent=2)
+    return "".join(iter_export_json(sessions))
 
 
 def _when(value: datetime | None) -> str:
@@ -156,12 +180,17 @@ def _when(value: datetime | None) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return html.escape(" ".join(text.split()), quote=False)
 
 
 def _quote(text: str) -> str:
-    # A blockquote keeps the message's own Markdown rendering without letting its headings break the document.
-    return "\n".join(f"> {line}" if line else ">" for line in text.split("\n"))
+    """The text as a blockquote, every line of it (whatever ends it: \\r, \\r\\n, U+2028...) quoted, HTML escaped.
+
+    A blockquote keeps the message's own Markdown rendering without letting its headings break the
+    document; a line end other than \\n would otherwise start an unquoted line that forges an entry,
+    and raw HTML would run in a viewer that renders it.
+    """
+    return "\n".join(f"> {html.escape(line, quote=False)}" if line.strip() else ">" for line in text.splitlines())
 
 
 def _reactions_line(message: Message) -> str:
@@ -184,28 +213,31 @@ def _message_markdown(message: Message) -> list[str]:
     return lines
 
 
-def _session_markdown(session: ChatSession, messages: list[Message]) -> list[str]:
+def _session_markdown(session: ChatSession) -> Iterator[str]:
     title = _one_line(session.title) or "Untitled session"
     lines = [
         f"## {title}",
         "",
         f"- Session: `{session.pk}`",
-        f"- Owner: {session.owner.get_username()}",
+        f"- Owner: {_one_line(session.owner.get_username())}",
         f"- Mode: {session.mode}",
         f"- Agent: {session.agent.slug if session.agent else '-'}",
         f"- Created: {_when(session.created_at)}",
         f"- Last activity: {_when(session.updated_at)}",
-        f"- Messages: {len(messages)}",
+        f"- Messages: {session.message_count}",
         "",
     ]
-    for message in messages:
-        lines += _message_markdown(message)
-    return lines
+    yield "\n".join(lines) + "\n"
+    for message in _messages(session):
+        yield "\n".join(_message_markdown(message)) + "\n"
+
+
+def iter_export_markdown(sessions: Iterable[ChatSession]) -> Iterator[str]:
+    """A Markdown document with one `##` section per session and one `###` entry per message."""
+    yield "# Chat export\n\n"
+    for session in _sessions(sessions):
+        yield from _session_markdown(session)
 
 
 def session_export_markdown(sessions: Iterable[ChatSession]) -> str:
-    """A Markdown document with one `##` section per session and one `###` entry per message."""
-    lines = ["# Chat export", ""]
-    for session, messages in _load(sessions):
-        lines += _session_markdown(session, messages)
-    return "\n".join(lines).rstrip("\n") + "\n"
+    return "".join(iter_export_markdown(sessions)).rstrip("\n") + "\n"

@@ -7,15 +7,16 @@ Each table on the session page takes one query (two for messages and their react
 
 from __future__ import annotations
 
+import contextvars
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from django import forms
 from django.contrib import admin
 from django.db.models import Prefetch, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -42,10 +43,16 @@ class ChatSessionForm(forms.ModelForm):
         return cleaned
 
 
-def _download(body: str, filename: str, content_type: str) -> HttpResponse:
-    response = HttpResponse(body, content_type=content_type)
+def _download(body: Iterator[str], filename: str, content_type: str) -> StreamingHttpResponse:
+    """Streamed as it is made: an export of a million messages never sits in memory whole."""
+    response = StreamingHttpResponse((piece.encode("utf-8") for piece in body), content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+# The session page shows its messages a page at a time (?messages_page=N), by seq.
+MESSAGES_PER_PAGE = 200
+_request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar("chat_admin_request", default=None)
 
 
 def _export_filename(queryset: QuerySet[ChatSession], extension: str) -> str:
@@ -132,16 +139,53 @@ class ChatSessionAdmin(admin.ModelAdmin):
     def title_display(self, session: ChatSession) -> str:
         return session.title or f"(untitled {str(session.pk)[:8]})"
 
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        token = _request.set(request)  # the messages table reads its page from the request
+        try:
+            response = super().change_view(request, object_id, form_url, extra_context)
+            if hasattr(response, "render"):
+                response.render()  # now, while the request is known (a TemplateResponse renders later otherwise)
+            return response
+        finally:
+            _request.reset(token)
+
     @admin.display(description="Messages")
     def messages_table(self, session: ChatSession) -> SafeString | str:
+        request = _request.get()
+        pages = max(1, -(-session.seq // MESSAGES_PER_PAGE))
+        try:
+            page = int(request.GET.get("messages_page", "1")) if request is not None else 1
+        except ValueError:
+            page = 1
+        page = min(max(page, 1), pages)
+        # Seqs are allocated without gaps and never reused: a page is a range of seq (the (session, seq) index).
         messages = list(
-            Message.objects.filter(session=session)
+            Message.objects.filter(session=session, seq__gt=(page - 1) * MESSAGES_PER_PAGE, seq__lte=page * MESSAGES_PER_PAGE)
             .select_related("agent")
             .prefetch_related(Prefetch("reactions", queryset=Reaction.objects.order_by("created_at", "pk")))
             .order_by("seq")
         )
         if not messages:
             return "No messages."
+        return format_html("{}{}{}", self._pager(page, pages), self._messages(messages), self._pager(page, pages))
+
+    @staticmethod
+    def _pager(page: int, pages: int) -> SafeString | str:
+        if pages == 1:
+            return ""
+        links = []
+        for target, label in ((1, "« first"), (page - 1, "‹ older"), (page + 1, "newer ›"), (pages, "last »")):
+            if 1 <= target <= pages and target != page:
+                links.append(format_html('<a href="?messages_page={}">{}</a>', target, label))
+            else:
+                links.append(format_html("<span>{}</span>", label))
+        return format_html(
+            '<p class="chat-pager">Messages, page {} of {} ({} a page): {}</p>', page, pages, MESSAGES_PER_PAGE,
+            format_html_join(" · ", "{}", ((link,) for link in links)),
+        )
+
+    @staticmethod
+    def _messages(messages: list[Message]) -> SafeString:
         return _table(
             "chat-messages",
             ["Seq", "Role", "Type", "Status", "Agent", "Content", "Error", "Reactions", "Created"],
@@ -237,13 +281,13 @@ class ChatSessionAdmin(admin.ModelAdmin):
             session_update(session=obj, title=obj.title)
 
     @admin.action(description="Download as JSON")
-    def download_json(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> HttpResponse:
-        return _download(exports.session_export_json(queryset), _export_filename(queryset, "json"), "application/json")
+    def download_json(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> StreamingHttpResponse:
+        return _download(exports.iter_export_json(queryset), _export_filename(queryset, "json"), "application/json")
 
     @admin.action(description="Download as Markdown")
-    def download_markdown(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> HttpResponse:
+    def download_markdown(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> StreamingHttpResponse:
         return _download(
-            exports.session_export_markdown(queryset),
+            exports.iter_export_markdown(queryset),
             _export_filename(queryset, "md"),
             "text/markdown; charset=utf-8",
         )

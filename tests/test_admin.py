@@ -330,6 +330,8 @@ def export(admin_client: Any, action: str, sessions: list[ChatSession]) -> Any:
     response = admin_client.post(SESSIONS_URL, {"action": action, "_selected_action": [s.pk for s in sessions]})
     assert response.status_code == 200
     assert response["Content-Disposition"].startswith("attachment;")
+    assert response.streaming  # made and sent piece by piece, never whole in memory
+    response.body = b"".join(response.streaming_content)
     return response
 
 
@@ -344,7 +346,7 @@ def test_json_export_downloads_sessions_with_messages_in_order(admin_client, use
     response = export(admin_client, "download_json", [first, second])
 
     assert response["Content-Type"].startswith("application/json")
-    document = json.loads(response.content)
+    document = json.loads(response.body)
     assert {s["title"] for s in document} == {"First", "Second"}
     exported = next(s for s in document if s["title"] == "First")
     assert exported["id"] == str(first.pk) and exported["owner"] == "alice"
@@ -359,7 +361,7 @@ def test_json_export_of_one_session_is_still_an_array(admin_client, user):
     session = make_session(user, "Only")
     say(session, user, "hello")
 
-    document = json.loads(export(admin_client, "download_json", [session]).content)
+    document = json.loads(export(admin_client, "download_json", [session]).body)
 
     assert isinstance(document, list) and len(document) == 1
     assert document[0]["message_count"] == 1
@@ -379,7 +381,7 @@ def test_json_export_includes_tool_calls_approvals_and_plans(admin_client, user,
     quiet = make_session(user, "No tools")
     say(quiet, user, "hello")
 
-    document = json.loads(export(admin_client, "download_json", [session, quiet]).content)
+    document = json.loads(export(admin_client, "download_json", [session, quiet]).body)
 
     exported = next(s for s in document if s["title"] == "Agentic export")
     assert [c["id"] for c in exported["tool_calls"]] == [str(done.pk), str(risky.pk)]
@@ -415,7 +417,7 @@ def test_markdown_export_contains_every_message_and_a_section_per_session(admin_
     response = export(admin_client, "download_markdown", [first, second])
 
     assert response["Content-Type"].startswith("text/markdown")
-    text = response.content.decode()
+    text = response.body.decode()
     assert "## Planning" in text and "## Review" in text
     for content in ["what should we do", "a line", "# not a heading of the document", "please review"]:
         assert content in text
@@ -518,26 +520,65 @@ def test_other_admin_lists_load(admin_client, name):
     assert admin_client.get(reverse(f"admin:{name}_changelist")).status_code == 200
 
 
-# Sessions, messages, reactions; then tool calls, approvals, plans.
-JSON_EXPORT_QUERIES = 6
+# Sessions; tool calls, approvals, plans; then per session and chunk of messages: the messages and their reactions.
+def json_export_queries(chunks: int) -> int:
+    return 4 + 2 * chunks
 
 
-def test_exports_take_a_fixed_number_of_queries(user, django_assert_num_queries):
+def test_exports_read_messages_a_chunk_at_a_time(user, django_assert_num_queries, monkeypatch):
+    from chat import exports
+
     small = make_session(user, "small")
     add_reply(small, "one")
     large = make_session(user, "large")
     for n in range(20):
         Reaction.objects.create(message=add_reply(large, f"answer {n}"), user=user, emoji="👍")
 
-    with django_assert_num_queries(JSON_EXPORT_QUERIES):
+    with django_assert_num_queries(json_export_queries(1)):
         session_export_json([small])
-    with django_assert_num_queries(JSON_EXPORT_QUERIES):
+    with django_assert_num_queries(json_export_queries(2)):  # one chunk each: 20 messages take what 1 does
         document = json.loads(session_export_json([large, small]))
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(1 + 2 * 2):
         session_export_markdown([large, small])
-
     assert [s["title"] for s in document] == ["large", "small"]
     assert [m["seq"] for m in document[0]["messages"]] == list(range(1, 21))
+
+    monkeypatch.setattr(exports, "EXPORT_CHUNK", 6)  # 20 messages: chunks of 6, 6, 6 and 2
+    with django_assert_num_queries(json_export_queries(4)):
+        chunked = json.loads(session_export_json([large]))
+    assert chunked[0]["messages"] == document[0]["messages"]
+
+
+def test_markdown_export_quotes_every_line_whatever_ends_it_and_escapes_html(user):
+    session = make_session(user, "forgery <b>")
+    forged = "fine\r### 99. system · text · complete\r\n<script>alert(1)</script>\u2028- Owner: root"
+    say(session, user, forged)
+    text = session_export_markdown([session])
+    entries = [line for line in text.splitlines() if line.startswith("### ")]
+    assert entries == ["### 1. user · text · complete"]  # the forged heading stayed inside the quote
+    body = text[text.index("### 1."):]
+    assert "> ### 99. system" in body and "> &lt;script&gt;alert(1)&lt;/script&gt;" in body and "> - Owner: root" in body
+    assert "<script>" not in text and "## forgery &lt;b&gt;" in text
+    assert "\r" not in text and "\u2028" not in text
+
+
+def test_session_page_shows_messages_a_page_at_a_time(admin_client, user):
+    from sessions_app import admin as sessions_admin
+
+    session = make_session(user, "long")
+    for n in range(1, 12):
+        add_reply(session, f"answer number {n}.")
+    sessions_admin.MESSAGES_PER_PAGE, old = 5, sessions_admin.MESSAGES_PER_PAGE
+    try:
+        first = admin_client.get(change_url(session)).content.decode()
+        last = admin_client.get(change_url(session) + "?messages_page=3").content.decode()
+        odd = admin_client.get(change_url(session) + "?messages_page=x").content.decode()
+    finally:
+        sessions_admin.MESSAGES_PER_PAGE = old
+    assert "answer number 1." in first and "answer number 5." in first and "answer number 6." not in first
+    assert "page 1 of 3" in first and "?messages_page=2" in first
+    assert "answer number 11." in last and "answer number 10." not in last and "page 3 of 3" in last
+    assert "page 1 of 3" in odd  # a bad page number shows the first page
 
 
 def test_json_export_query_count_does_not_grow_with_tool_calls_approvals_and_plans(user, other_user, django_assert_num_queries):
@@ -545,9 +586,9 @@ def test_json_export_query_count_does_not_grow_with_tool_calls_approvals_and_pla
     add_agentic_rows(small, 2, other_user)
     add_agentic_rows(large, 20, other_user)
 
-    with django_assert_num_queries(JSON_EXPORT_QUERIES):
+    with django_assert_num_queries(json_export_queries(1)):
         session_export_json([small])
-    with django_assert_num_queries(JSON_EXPORT_QUERIES):
+    with django_assert_num_queries(json_export_queries(2)):
         document = json.loads(session_export_json([large, small]))
 
     assert [len(s["tool_calls"]) for s in document] == [20, 2]
