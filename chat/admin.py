@@ -8,6 +8,7 @@ import uuid
 from typing import Any, cast
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
@@ -51,6 +52,16 @@ class AgentForm(forms.ModelForm):
         field = cast(ToolsField, self.fields["tools"])
         field.choices = _tool_choices([str(name) for name in stored])
         field.help_text = "Tools this agent may call. Available: " + ", ".join(REGISTRY) + "."
+
+    def clean_api_key_env(self) -> str:
+        variable = (self.cleaned_data.get("api_key_env") or "").strip()
+        prefix = settings.CHAT["AGENT_KEY_ENV_PREFIX"]
+        if variable and not variable.startswith(prefix):
+            raise forms.ValidationError(
+                "Key variables must start with %(prefix)s (AGENT_KEY_ENV_PREFIX): other environment variables are the server's own.",
+                code="key_variable_not_allowed", params={"prefix": prefix},
+            )
+        return variable
 
     def clean_tools(self) -> list[str]:
         names = list(dict.fromkeys(self.cleaned_data.get("tools") or []))

@@ -311,6 +311,8 @@ CHAT = {
     "OPENAI_TIMEOUT": env_float("OPENAI_TIMEOUT", 60.0),
     "OPENAI_FIRST_TOKEN_TIMEOUT": env_float("OPENAI_FIRST_TOKEN_TIMEOUT", 30.0),
     "OPENAI_MAX_RETRIES": env_int("OPENAI_MAX_RETRIES", 2),
+    # An agent's api_key_env must start with this: an agent may read no other environment variable.
+    "AGENT_KEY_ENV_PREFIX": os.environ.get("AGENT_KEY_ENV_PREFIX", "MODEL_KEY_") or "MODEL_KEY_",
     # Origins (scheme://host[:port]) the approval-gated webhook_post tool may reach: none by default.
     "WEBHOOK_ALLOWED_ORIGINS": webhook_origins(os.environ.get("WEBHOOK_ALLOWED_ORIGINS", "")),
     # Networks (CIDR) a webhook host name may resolve to although they are not public (loopback, private...).

@@ -448,6 +448,22 @@ def test_agent_form_rejects_an_unknown_tool(admin_client):
     assert not Agent.objects.filter(slug="helper").exists()
 
 
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "SECRET_KEY", "OPENAI_API_KEY_X", " MODEL_KEY"])
+def test_agent_form_refuses_a_key_variable_outside_the_prefix(admin_client, variable):
+    response = admin_client.post(reverse("admin:chat_agent_add"), agent_form(api_key_env=variable))
+
+    assert response.status_code == 200
+    assert "Key variables must start with MODEL_KEY_" in response.text
+    assert not Agent.objects.filter(slug="helper").exists()
+
+
+def test_agent_form_takes_a_key_variable_with_the_prefix(admin_client):
+    response = admin_client.post(reverse("admin:chat_agent_add"), agent_form(api_key_env="MODEL_KEY_RESEARCH"))
+
+    assert response.status_code == 302
+    assert Agent.objects.get(slug="helper").api_key_env == "MODEL_KEY_RESEARCH"
+
+
 def test_agent_form_saves_tools_as_a_json_list(admin_client):
     response = admin_client.post(reverse("admin:chat_agent_add"), agent_form(tools=["calculator", "current_time"]))
 

@@ -192,10 +192,10 @@ async def test_tools_are_sent_as_functions(fake: FakeOpenAI) -> None:
 
 @pytest.mark.django_db(transaction=True)
 async def test_agent_base_url_model_and_api_key_variable_are_used(fake: FakeOpenAI, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("RESEARCH_MODEL_KEY", "sk-from-agent-variable")
+    monkeypatch.setenv("MODEL_KEY_RESEARCH", "sk-from-agent-variable")
     settings.CHAT = {**settings.CHAT, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_MODEL": "default-model", "OPENAI_API_KEY": "sk-default"}
     await Agent.objects.acreate(
-        slug="research", name="Research", provider="openai", base_url=fake.url + "/v1", model="text", api_key_env="RESEARCH_MODEL_KEY"
+        slug="research", name="Research", provider="openai", base_url=fake.url + "/v1", model="text", api_key_env="MODEL_KEY_RESEARCH"
     )
     agent = await Agent.objects.aget(slug="research")
     provider = get_provider(agent)
@@ -228,10 +228,10 @@ async def test_an_empty_key_is_sent_as_a_placeholder(fake: FakeOpenAI) -> None:
 
 
 async def test_a_missing_key_variable_is_a_readable_error(fake: FakeOpenAI, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.delenv("NO_SUCH_MODEL_KEY", raising=False)
-    _, error = await collect_until_error(make_agent(fake, "text", api_key_env="NO_SUCH_MODEL_KEY"))
+    monkeypatch.delenv("MODEL_KEY_NO_SUCH", raising=False)
+    _, error = await collect_until_error(make_agent(fake, "text", api_key_env="MODEL_KEY_NO_SUCH"))
 
-    assert str(error) == "The API key variable NO_SUCH_MODEL_KEY is not set on the server."
+    assert str(error) == "The API key variable MODEL_KEY_NO_SUCH is not set on the server."
     assert fake.requests == []
 
 
@@ -434,3 +434,11 @@ async def test_cancelling_while_waiting_for_the_first_token_ends_at_once(fake: F
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 2)
     assert time.monotonic() - started < 1
+
+
+async def test_a_key_variable_outside_the_prefix_is_never_read_or_sent(fake: FakeOpenAI, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DATABASE_URL", "postgres://secret@db/prod")
+    _, error = await collect_until_error(make_agent(fake, "text", api_key_env="DATABASE_URL"))
+
+    assert str(error) == "The API key variable DATABASE_URL is not allowed: key variables start with MODEL_KEY_."
+    assert fake.requests == []

@@ -218,6 +218,11 @@ class OpenAICompatProvider:
     def _api_key(self) -> str:
         variable = self.agent.api_key_env.strip()
         if variable:
+            prefix = settings.CHAT["AGENT_KEY_ENV_PREFIX"]
+            if not variable.startswith(prefix):
+                # Checked when the agent is saved in the admin, and here too for rows written otherwise:
+                # an agent must not send DATABASE_URL or SECRET_KEY as a bearer token to its base URL.
+                raise ProviderError(f"The API key variable {variable} is not allowed: key variables start with {prefix}.")
             if variable not in os.environ:
                 raise ProviderError(f"The API key variable {variable} is not set on the server.")
             key = os.environ[variable]
