@@ -14,7 +14,7 @@ from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from chat.models import IdempotencyRecord, Message, Reaction
+from chat.models import Approval, IdempotencyRecord, Message, Plan, Reaction, ToolCall
 from chat.turn import turns
 from sessions_app.models import ChatSession
 from tests.ws import next_frame, open_socket, token_for
@@ -86,7 +86,45 @@ def test_keeps_an_idle_session_whose_reply_is_still_streaming(user):
     assert ChatSession.objects.filter(pk=running.pk).exists()
     assert Message.objects.get(pk=reply.pk).status == Message.Status.STREAMING
     assert "Deleted 0 sessions (0 messages)" in output
-    assert "Kept 1 idle sessions with a reply still streaming" in output
+    assert "Kept 1 idle sessions with a reply, a tool call, a plan or an approval under way" in output
+
+
+def _complete_reply(session: ChatSession) -> Message:
+    reply = add_streaming_reply(session)
+    Message.objects.filter(pk=reply.pk).update(status=Message.Status.COMPLETE, content="done")
+    return reply
+
+
+@pytest.mark.parametrize(
+    "under_way",
+    ["tool running", "tool awaiting the client", "approval pending", "plan pending", "plan between steps"],
+)
+def test_keeps_an_idle_session_with_a_tool_a_plan_or_an_approval_under_way(user, under_way):
+    kept = make_session(user, "kept", idle_days=60)
+    done = make_session(user, "done", idle_days=60)
+    for session in (kept, done):
+        reply = _complete_reply(session)
+        call = ToolCall.objects.create(session=session, reply=reply, name="calculator", arguments={}, status=ToolCall.Status.DONE)
+        Approval.objects.create(session=session, tool_call=call, status=Approval.Status.APPROVED)
+        Plan.objects.create(session=session, reply=reply, steps=[{"instruction": "x"}], status=Plan.Status.DONE)
+    reply = Message.objects.filter(session=kept, role=Message.Role.ASSISTANT).first()
+    if under_way == "tool running":
+        ToolCall.objects.create(session=kept, reply=reply, name="calculator", arguments={}, status=ToolCall.Status.RUNNING, ordinal=1)
+    elif under_way == "tool awaiting the client":
+        ToolCall.objects.create(session=kept, reply=reply, name="client_time", arguments={}, status=ToolCall.Status.AWAITING_CLIENT, ordinal=1)
+    elif under_way == "approval pending":
+        call = ToolCall.objects.create(session=kept, reply=reply, name="webhook_post", arguments={}, status=ToolCall.Status.AWAITING_APPROVAL, ordinal=1)
+        Approval.objects.create(session=kept, tool_call=call, status=Approval.Status.PENDING)
+    else:
+        status = Plan.Status.PENDING if under_way == "plan pending" else Plan.Status.RUNNING
+        Plan.objects.create(session=kept, reply=reply, steps=[{"instruction": "a"}, {"instruction": "b"}], status=status, current_step=1)
+    ChatSession.objects.filter(pk__in=[kept.pk, done.pk]).update(updated_at=timezone.now() - timedelta(days=60))
+
+    assert "Would keep 1 idle sessions" in cleanup("--dry-run")
+    output = cleanup()
+
+    assert ChatSession.objects.filter(pk=kept.pk).exists() and not ChatSession.objects.filter(pk=done.pk).exists()
+    assert "Deleted 1 sessions" in output and "Kept 1 idle sessions" in output
 
 
 def test_dry_run_lists_what_it_would_delete_and_deletes_nothing(user, other_user):

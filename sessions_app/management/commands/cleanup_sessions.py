@@ -11,33 +11,38 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from chat import events
 from chat.engine.process import engine
 from chat.idempotency import idempotency_purge
-from chat.models import IdempotencyRecord, Message
+from chat.models import Approval, IdempotencyRecord, Message, Plan, ToolCall
 from chat.turn import outbox
+from chat.turn.rows import ENDED_CALLS
 from sessions_app.models import ChatSession
 
-
-def _streaming(session_ref: Any) -> Exists:
-    return Exists(Message.objects.filter(session=session_ref, status=Message.Status.STREAMING))
+OPEN_PLANS = (Plan.Status.PENDING, Plan.Status.APPROVED, Plan.Status.RUNNING)
 
 
-def idle_sessions(*, cutoff: datetime) -> QuerySet[ChatSession]:
-    """Sessions with no activity since `cutoff` and no reply still streaming, oldest activity first."""
+def _under_way(session_ref: Any) -> Q:
+    """The session's turn is not over: a reply streaming, a tool call not ended, a plan pending or between steps, an approval pending."""
     return (
-        ChatSession.objects.filter(updated_at__lt=cutoff)
-        .filter(~_streaming(OuterRef("pk")))
-        .order_by("updated_at", "pk")
+        Exists(Message.objects.filter(session=session_ref, status=Message.Status.STREAMING))
+        | Exists(ToolCall.objects.filter(session=session_ref).exclude(status__in=ENDED_CALLS))
+        | Exists(Plan.objects.filter(session=session_ref, status__in=OPEN_PLANS))
+        | Exists(Approval.objects.filter(session=session_ref, status=Approval.Status.PENDING))
     )
 
 
-def idle_sessions_streaming(*, cutoff: datetime) -> QuerySet[ChatSession]:
-    """Idle sessions kept because a reply in them is still streaming."""
-    return ChatSession.objects.filter(updated_at__lt=cutoff).filter(_streaming(OuterRef("pk")))
+def idle_sessions(*, cutoff: datetime) -> QuerySet[ChatSession]:
+    """Sessions with no activity since `cutoff` and nothing under way, oldest activity first."""
+    return ChatSession.objects.filter(updated_at__lt=cutoff).filter(~_under_way(OuterRef("pk"))).order_by("updated_at", "pk")
+
+
+def idle_sessions_under_way(*, cutoff: datetime) -> QuerySet[ChatSession]:
+    """Idle sessions kept because something in them is under way (a reply, a tool, a plan, an approval)."""
+    return ChatSession.objects.filter(updated_at__lt=cutoff).filter(_under_way(OuterRef("pk")))
 
 
 @dataclass(frozen=True)
@@ -63,11 +68,8 @@ def idle_sessions_delete_batch(*, cutoff: datetime, batch_size: int, skip: set[u
         )
         if not candidates:
             return BatchResult(0, 0, 0)
-        running = set(
-            Message.objects.filter(session_id__in=candidates, status=Message.Status.STREAMING).values_list(
-                "session_id", flat=True
-            )
-        )
+        # Checked again under the locks: a turn that started meanwhile holds the row until it committed.
+        running = set(ChatSession.objects.filter(pk__in=candidates).filter(_under_way(OuterRef("pk"))).values_list("pk", flat=True))
         skip.update(running)
         doomed = ChatSession.objects.filter(pk__in=[pk for pk in candidates if pk not in running], updated_at__lt=cutoff)
         doomed_ids = list(doomed.values_list("pk", flat=True))
@@ -83,7 +85,8 @@ def idle_sessions_delete_batch(*, cutoff: datetime, batch_size: int, skip: set[u
 class Command(BaseCommand):
     help = (
         "Delete chat sessions idle longer than the TTL (judged by their last activity), with their messages and "
-        "reactions, in batches. Sessions with a reply still streaming are kept. Also purges expired idempotency records."
+        "reactions, in batches. Sessions with something under way (a reply streaming, a tool call, a plan, an approval) "
+        "are kept. Also purges expired idempotency records."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -120,13 +123,13 @@ class Command(BaseCommand):
             sessions += batch.sessions
             messages += batch.messages
         purged = idempotency_purge()
-        kept = idle_sessions_streaming(cutoff=cutoff).count()
+        kept = idle_sessions_under_way(cutoff=cutoff).count()
         # Open sockets of deleted sessions are told, in whichever process they are, before this exits.
         engine.wait_sent()
 
         self.stdout.write(self.style.SUCCESS(f"Deleted {sessions} sessions ({messages} messages)."))
         if kept:
-            self.stdout.write(f"Kept {kept} idle sessions with a reply still streaming.")
+            self.stdout.write(f"Kept {kept} idle sessions with a reply, a tool call, a plan or an approval under way.")
         self.stdout.write(f"Purged {purged} expired idempotency records.")
 
     def _dry_run(self, cutoff: datetime, days: int) -> None:
@@ -143,9 +146,9 @@ class Command(BaseCommand):
                 f"  {session.pk}  {session.owner.get_username()}  {title}  "
                 f"last activity {session.updated_at.isoformat(timespec='seconds')}"
             )
-        kept = idle_sessions_streaming(cutoff=cutoff).count()
+        kept = idle_sessions_under_way(cutoff=cutoff).count()
         if kept:
-            self.stdout.write(f"Would keep {kept} idle sessions with a reply still streaming.")
+            self.stdout.write(f"Would keep {kept} idle sessions with a reply, a tool call, a plan or an approval under way.")
         ttl = timedelta(seconds=settings.CHAT["IDEMPOTENCY_TTL_SECONDS"])
         expired = IdempotencyRecord.objects.filter(created_at__lt=timezone.now() - ttl).count()
         self.stdout.write(f"Would purge {expired} expired idempotency records.")
