@@ -84,7 +84,9 @@ DEBUG = env_bool("DEBUG", False)
 # (never a key that ships in the source, which would make sessions forgeable).
 SECRET_KEY = os.environ.get("SECRET_KEY", "") or read_or_create_secret(BASE_DIR / ".secret_key")
 
-ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h.strip()]
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
+# `/metrics` needs `Authorization: Bearer <METRICS_TOKEN>` when it is set (for deployments that cannot firewall it).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
 INSTALLED_APPS = [

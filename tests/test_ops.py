@@ -28,15 +28,18 @@ def test_metrics_expose_request_and_turn_counters(client, db):  # type: ignore[n
     assert "chat_open_sockets" in body
 
 
-def test_local_user_is_created_once_with_a_printed_password(db, capsys):  # type: ignore[no-untyped-def]
+def test_local_user_is_created_once_with_its_password_in_a_private_file(db, capsys, tmp_path):  # type: ignore[no-untyped-def]
     User.objects.all().delete()
-    call_command("ensure_local_user")
+    secret = tmp_path / "pw"
+    call_command("ensure_local_user", "--password-file", str(secret))
     out = capsys.readouterr().out
-    assert "Created the local user 'admin'" in out
-    password = out.split("password: ")[1].split()[0]
+    assert "Created the local user 'admin'" in out and str(secret) in out
+    password = secret.read_text().strip()
+    assert password not in out  # never on the terminal or in a container's log
+    assert secret.stat().st_mode & 0o777 == 0o600
     user = User.objects.get(username="admin")
     assert user.is_superuser and user.check_password(password)
-    call_command("ensure_local_user")
+    call_command("ensure_local_user", "--password-file", str(secret))
     assert capsys.readouterr().out == ""
     assert User.objects.count() == 1
 
@@ -69,3 +72,24 @@ def test_metrics_labels_do_not_grow_with_made_up_methods(client, db):  # type: i
         client.generic(method, "/healthz")
     body = client.get("/metrics").content.decode()
     assert "X0ZZ" not in body and 'method="other"' in body
+
+
+def test_metrics_can_ask_for_a_bearer_token(client, db, settings):  # type: ignore[no-untyped-def]
+    settings.METRICS_TOKEN = "s3cret-metrics"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    answered = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-metrics")
+    assert answered.status_code == 200 and "chat_open_sockets" in answered.content.decode()
+
+
+def test_the_default_allowed_hosts_are_local_only() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ALLOWED_HOSTS"} | {"SECRET_KEY": "x" * 50}
+    out = subprocess.run(
+        [sys.executable, "-c", "import chatproject.settings as s; print(','.join(s.ALLOWED_HOSTS))"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert out == "localhost,127.0.0.1,[::1]"
