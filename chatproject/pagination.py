@@ -23,6 +23,15 @@ class StrictCursorPagination(CursorPagination):
         except NotFound:
             raise ValidationError(INVALID_CURSOR) from None
 
+    def get_page_size(self, request):  # type: ignore[no-untyped-def]
+        """`limit`: a whole number of 1 or more, given once (above 200 it is 200); anything else is 400, where DRF would quietly use 50."""
+        given = request.query_params.getlist(self.page_size_query_param)
+        if not given:
+            return self.page_size
+        if len(given) > 1 or not given[0].isascii() or not given[0].isdigit() or int(given[0]) < 1:
+            raise ValidationError({self.page_size_query_param: ["Must be a whole number of 1 or more (at most 200 are returned), given once."]})
+        return min(int(given[0]), self.max_page_size)
+
     def paginate_queryset(self, queryset, request, view=None):  # type: ignore[no-untyped-def]
         try:
             return super().paginate_queryset(queryset, request, view)

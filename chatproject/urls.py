@@ -8,6 +8,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import serializers
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
@@ -22,6 +23,7 @@ class TokenView(ObtainAuthToken):
     """`{"username","password"}` → `{"token"}`; attempts are throttled (THROTTLE_LOGIN)."""
 
     throttle_classes = (LoginRateThrottle,)
+    parser_classes = (JSONParser,)  # JSON, as the rest of the API (DRF's view also takes forms)
     # Needs no credentials, and a browser's session cookie must not make it demand a CSRF token.
     authentication_classes = ()
 

@@ -12,7 +12,7 @@ from chatproject.pagination import MessagePagination, SessionPagination
 from sessions_app import selectors, services
 from sessions_app.serializers import SessionSerializer, SessionWriteSerializer
 
-LIMIT = OpenApiParameter("limit", int, description="Page size (at most 200).")
+LIMIT = OpenApiParameter("limit", {"type": "integer", "minimum": 1}, description="Page size, 1 or more (at most 200 are returned; 400 for anything else).")
 
 
 class SessionListCreate(generics.ListAPIView):
