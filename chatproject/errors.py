@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -60,6 +61,13 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response({"code": "invalid_json", "detail": "The JSON body is nested too deeply."}, status=400)
     if isinstance(exc, RequestDataTooBig):
         return Response({"code": "request_too_large", "detail": "The request body is too large."}, status=413)
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # The database is away or every connection is taken (a pool timeout under load): nothing was
+        # saved (the request's transaction did not commit); the client may retry.
+        logger.warning("The database could not serve a request: %s", exc)
+        response = Response({"code": "unavailable", "detail": "The server is busy or its database is unreachable; retry shortly."}, status=503)
+        response["Retry-After"] = "1"
+        return response
     if isinstance(exc, (Http404, ObjectDoesNotExist)):
         # ObjectDoesNotExist: a row deleted between reading and writing it (another tab, cleanup).
         exc = exceptions.NotFound()

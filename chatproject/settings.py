@@ -172,7 +172,8 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
         "pool": {
             "min_size": env_int("DB_POOL_MIN", 2),
             "max_size": env_int("DB_POOL_MAX", 20),
-            "timeout": 10,
+            # A request waits this long for a connection (then 503 `unavailable`): long enough for a burst.
+            "timeout": env_float("DB_POOL_TIMEOUT", 30.0),
         }
     }
     # One test database per test run, so concurrent runs do not collide.

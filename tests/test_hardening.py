@@ -318,3 +318,18 @@ async def test_a_reply_outlives_a_database_outage_longer_than_the_old_retries(se
     assert final["status"] == stored.status == "complete"
     assert stored.content == final["content"] == "".join(f"chunk {i} " for i in range(1, 31))
     await comm.disconnect()
+
+
+@pytest.mark.django_db
+def test_a_database_that_cannot_serve_a_request_is_503_unavailable_not_500(api, session, monkeypatch):  # type: ignore[no-untyped-def]
+    from django.db import OperationalError
+
+    from sessions_app import selectors
+
+    def pool_timeout(**kwargs):  # type: ignore[no-untyped-def]
+        raise OperationalError("couldn't get a connection after 30.00 sec")
+
+    monkeypatch.setattr(selectors, "session_get", pool_timeout)
+    response = api.get(f"/api/v1/sessions/{session.pk}/")
+    assert response.status_code == 503 and response["Retry-After"] == "1"
+    assert response.json()["code"] == "unavailable"
