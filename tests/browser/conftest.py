@@ -99,7 +99,11 @@ def live(daphne_server, make_user) -> Live:  # type: ignore[no-untyped-def]
     _ensure_default_agents()
     user = make_user("alice", password=PASSWORD)
     # The server must not inherit the test's DJANGO_ALLOW_ASYNC_UNSAFE (an empty value is off).
-    server = daphne_server(env={"DEMO_DELTA_DELAY": "0.04", "DEMO_SLOW_DELAY": "0.05", "DJANGO_ALLOW_ASYNC_UNSAFE": ""})
+    server = daphne_server(env={
+        "DEMO_DELTA_DELAY": "0.04", "DEMO_SLOW_DELAY": "0.05", "DJANGO_ALLOW_ASYNC_UNSAFE": "",
+        # The one origin the webhook tool may reach: the `webhook` fixture's endpoint.
+        "WEBHOOK_ALLOWED_ORIGINS": f"http://127.0.0.1:{HOOK_PORT}",
+    })
     return Live(url=server.url, username="alice", password=PASSWORD, user=user, server=server)
 
 
@@ -216,6 +220,10 @@ def saved_messages(session_id: str) -> list[Any]:
     return list(Message.objects.filter(session_id=session_id).order_by("seq"))
 
 
+# Chosen once, so the server (started before this fixture) can be told the one origin it may reach.
+HOOK_PORT = free_port()
+
+
 @dataclass
 class Hook:
     """A local HTTP endpoint that records what the webhook tool posts to it."""
@@ -230,7 +238,7 @@ class Hook:
 
 @pytest.fixture
 def webhook() -> Iterator[Hook]:
-    hook = Hook(port=free_port())
+    hook = Hook(port=HOOK_PORT)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
