@@ -167,10 +167,6 @@ def iter_export_json(sessions: Iterable[ChatSession]) -> Iterator[str]:
     yield "\n]\n"
 
 
-def session_export_data(sessions: Iterable[ChatSession]) -> list[dict[str, Any]]:
-    return json.loads(session_export_json(sessions))
-
-
 def session_export_json(sessions: Iterable[ChatSession]) -> str:
     return "".join(iter_export_json(sessions))
 

@@ -18,17 +18,9 @@ from django.core.cache import cache
 from chat.exceptions import RateLimited
 
 
-def turns_per_minute() -> int:
-    return settings.CHAT["TURNS_PER_MINUTE"]
-
-
-def max_replies() -> int:
-    return settings.CHAT["MAX_REPLIES_PER_USER"]
-
-
 def take_turn(user_id: int) -> RateLimited | None:
     """Count one turn of the user; the error to answer when this one is over the minute's budget."""
-    limit = turns_per_minute()
+    limit = settings.CHAT["TURNS_PER_MINUTE"]
     if limit <= 0:
         return None
     minute = int(time.time() // 60)
@@ -47,7 +39,7 @@ def take_turn(user_id: int) -> RateLimited | None:
 
 def replies_full(running: int) -> RateLimited | None:
     """The error when `running` replies of the user already stream (at the cap)."""
-    limit = max_replies()
+    limit = settings.CHAT["MAX_REPLIES_PER_USER"]
     if limit > 0 and running >= limit:
         return RateLimited(f"{running} of your replies are running; wait for one to finish (at most {limit} at once).")
     return None

@@ -102,14 +102,9 @@ def _str_field(frame: Frame, name: str, *, max_length: int, required: bool = Tru
     return validate_text(value, name)
 
 
-# Open sockets per user in this process (WS_MAX_SOCKETS_PER_USER).
-_sockets_of: dict[int, int] = {}
-
-
 class ChatConsumer(AsyncWebsocketConsumer):
     session_id: uuid.UUID
     sink: Sink | None = None
-    counted = False  # this socket is in _sockets_of
     holder: revoke.Holder | None = None  # in the registry of credentials (chat.ws.revoke)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -133,13 +128,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.user = user
         limit = settings.CHAT["WS_MAX_SOCKETS_PER_USER"]
-        if limit > 0 and _sockets_of.get(user.pk, 0) >= limit:
+        if limit > 0 and revoke.sockets_of(user.pk) >= limit:  # the registry knows this process's sockets
             await self.accept()
             await self.send(text_data=events.encode(events.error("rate_limited", f"At most {limit} open sockets per user; close a tab.")))
             await self.close(code=CLOSE_TOO_MANY_SOCKETS)
             return
-        _sockets_of[user.pk] = _sockets_of.get(user.pk, 0) + 1
-        self.counted = True
         credential = ("token", self.scope.get("auth_key", "")) if self.scope.get("auth") == "token" else ("cookie", getattr(self.scope.get("session"), "session_key", None) or "")
         self.holder = revoke.Holder(user.pk, credential, self._revoked)
         revoke.register(self.holder)
@@ -171,13 +164,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.holder is not None:
             revoke.unregister(self.holder)
             self.holder = None
-        if self.counted:
-            self.counted = False
-            left = _sockets_of.get(self.user.pk, 1) - 1
-            if left > 0:
-                _sockets_of[self.user.pk] = left
-            else:
-                _sockets_of.pop(self.user.pk, None)
         if self.sink is not None:
             if self.sink.open:
                 metrics.OPEN_SOCKETS.dec()
@@ -208,10 +194,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.send_frame(snapshot.frame)
         await self._catch_up(snapshot.active)
 
+    async def _shut(self, code: int) -> None:
+        """Leave everything the socket joined, then close it with `code`."""
+        await self.disconnect(code)
+        await self.close(code=code)
+
     async def _revoked(self) -> None:
         """The credential this socket was opened with is gone (sign-out, token deleted, user deactivated)."""
-        await self.disconnect(CLOSE_UNAUTHENTICATED)
-        await self.close(code=CLOSE_UNAUTHENTICATED)
+        await self._shut(CLOSE_UNAUTHENTICATED)
 
     def _resync_soon(self) -> None:
         engine.spawn(self.send_ready())
@@ -223,8 +213,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         engine.spawn(self._close_behind(wire))
 
     async def _close_behind(self, wire: Any) -> None:
-        await self.disconnect(CLOSE_TOO_FAR_BEHIND)
-        await self.close(code=CLOSE_TOO_FAR_BEHIND)
+        await self._shut(CLOSE_TOO_FAR_BEHIND)
         if wire is not None:
             # The close frame waits behind what the client does not read; drop the connection and its buffer.
             asyncio.get_running_loop().call_later(CLOSE_GRACE, wire.transport.abortConnection)

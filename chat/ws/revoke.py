@@ -54,6 +54,11 @@ def register(holder: Holder) -> None:
         engine.spawn(_recheck_forever(loop))
 
 
+def sockets_of(user_id: int) -> int:
+    """The user's open sockets in this process (WS_MAX_SOCKETS_PER_USER)."""
+    return len(_by_user.get(user_id, ()))
+
+
 def unregister(holder: Holder) -> None:
     holders = _by_user.get(holder.user_id)
     if holders is not None:
@@ -105,14 +110,14 @@ def still_valid(users: set[int], tokens: set[str], sessions: set[str]) -> tuple[
     live_tokens = set(Token.objects.filter(key__in=tokens).values_list("key", "user_id")) if tokens else set()
     live_sessions: set[str] = set()
     if sessions:
-        from importlib import import_module
-
-        store = import_module(settings.SESSION_ENGINE).SessionStore
         if settings.SESSION_ENGINE == "django.contrib.sessions.backends.db":
             from django.contrib.sessions.models import Session
 
             live_sessions = set(Session.objects.filter(session_key__in=sessions, expire_date__gt=timezone.now()).values_list("session_key", flat=True))
         else:
+            from importlib import import_module
+
+            store = import_module(settings.SESSION_ENGINE).SessionStore
             live_sessions = {key for key in sessions if store().exists(key)}
     return active, live_tokens, live_sessions
 
