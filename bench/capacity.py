@@ -935,6 +935,100 @@ def wait_healthz(port: int, proc: subprocess.Popen[bytes], timeout: float) -> No
     raise RuntimeError(f"/healthz on {port} did not answer 200 within {timeout:.0f} s (last: {last})")
 
 
+# The server's own account of where a turn's first words wait (chatproject.metrics), diffed over the
+# measured phase: histogram name (and labels to match) -> short name in the table's notes.
+BREAKDOWN = [
+    ("chat_turn_start_seconds", {}, "turn start"),
+    ("chat_db_queue_seconds", {"step": "turn_start_many"}, "start queue"),
+    ("chat_db_step_seconds", {"step": "turn_start_many"}, "start step"),
+    ("chat_first_delta_seconds", {}, "reply to 1st delta"),
+    ("chat_batch_size", {"step": "turn_start_many"}, "batch"),
+    ("chat_db_queue_seconds", {"step": "reply_finish_many"}, "finish queue"),
+    ("chat_db_step_seconds", {"step": "reply_finish_many"}, "finish step"),
+    ("chat_batch_size", {"step": "reply_finish_many"}, "finish batch"),
+]
+
+
+def scrape(port: int) -> dict[tuple[str, str, tuple[tuple[str, str], ...]], float]:
+    """The histogram samples of /metrics: (family, sample name, labels) -> value. Empty when it cannot be read."""
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with _NO_PROXY.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except Exception as exc:  # the breakdown is a note; the run goes on without it
+        log(f"/metrics on {port} could not be read: {exc}")
+        return {}
+    out: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.type != "histogram":
+            continue
+        for sample in family.samples:
+            out[(family.name, sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def breakdown(before: list[dict], after: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean and p99 (a bucket's upper bound) of each BREAKDOWN histogram over the phase, all server processes together."""
+    result: dict[str, dict[str, float]] = {}
+    for family, want, short in BREAKDOWN:
+        buckets: dict[float, float] = {}
+        total = count = 0.0
+        for b, a in zip(before, after, strict=True):
+            for key, value in a.items():
+                name, sample, labels = key
+                if name != family or any(dict(labels).get(k) != v for k, v in want.items()):
+                    continue
+                delta = value - b.get(key, 0.0)
+                if sample.endswith("_bucket"):
+                    le = float(dict(labels)["le"])
+                    buckets[le] = buckets.get(le, 0.0) + delta
+                elif sample.endswith("_sum"):
+                    total += delta
+                elif sample.endswith("_count"):
+                    count += delta
+        if not count:
+            continue
+        p99 = next((le for le in sorted(buckets) if buckets[le] >= 0.99 * count), math.inf)
+        result[short] = {"mean": total / count, "p99_le": p99, "count": count}
+    return result
+
+
+def fmt_breakdown(parts: dict[str, dict[str, float]]) -> str:
+    cells = []
+    for short, v in parts.items():
+        if short.endswith("batch"):
+            cells.append(f"{short} {v['mean']:.1f} (p99 <= {v['p99_le']:g})")
+        else:
+            cells.append(f"{short} {1000 * v['mean']:.1f} ms (p99 <= {1000 * v['p99_le']:g})")
+    return "; ".join(cells)
+
+
+def start_spies(opts: Opts, label: str, procs: list[subprocess.Popen[bytes]]) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    """With --py-spy: sample each server process over the measured phase (collapsed stacks, one file per process)."""
+    if not opts.py_spy:
+        return []
+    opts.logs.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for i, p in enumerate(procs):
+        out = opts.logs / f"{re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-')}-{i}.txt"
+        spy = subprocess.Popen([opts.py_spy, "record", "--pid", str(p.pid), "--rate", "97", "--format", "raw", "--nonblocking", "-o", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        spies.append((spy, out))
+    return spies
+
+
+def stop_spies(spies: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
+    for spy, _ in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy, out in spies:
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        log(f"py-spy samples in {out} (summarise: py-spy's raw format, one collapsed stack and its count per line)")
+
+
 SETUP_SCRIPT = f"""
 import json, os
 from django.contrib.auth import get_user_model
@@ -1000,6 +1094,7 @@ class Opts:
     pg_url: str
     logs: Path
     seed: int
+    py_spy: str | None = None
 
 
 def load_cfg(opts: Opts, k: int, n: int, d_ms: float, spread: float, token: str) -> dict[str, Any]:
@@ -1158,13 +1253,19 @@ def run_ours(opts: Opts, point: int, rnd: int, backend: str, nsrv: int, mode: st
         if backend == "pg":
             cpu_pids["redis"] = redis_pids()
         log(f"{label}: measuring (loadavg {os.getloadavg()[0]:.2f})")
-        res = run_load([spec(i, s, mode) for i, s in enumerate(sessions)], load_cfg(opts, k, n, d_ms, spread, token), opts.procs, cpu_pids)
+        scraped = [scrape(port) for port in ports]
+        spies = start_spies(opts, label, procs)
+        try:
+            res = run_load([spec(i, s, mode) for i, s in enumerate(sessions)], load_cfg(opts, k, n, d_ms, spread, token), opts.procs, cpu_pids)
+        finally:
+            stop_spies(spies)
+        parts = breakdown(scraped, [scrape(port) for port in ports])
         log(f"{label}: turns done in {res.wall_s:.1f} s, checking the database")
         db = manage(env, ["shell", "-c", DB_CHECK_SCRIPT], timeout=180)
         groups = ["local", "cross"] if mode == "mixed" and nsrv == 2 else [None]
         for group in groups:
             row = make_row(point, rnd, name + (f", {group}" if group else ""), group, k, n, d_ms, spread, res, ["server"])
-            row.update(warm_ok=warm_ok, db=db, db_complete=(db or {}).get("assistant", {}).get("complete", 0), backend=backend, server_procs=nsrv, mode=mode)
+            row.update(breakdown=parts, warm_ok=warm_ok, db=db, db_complete=(db or {}).get("assistant", {}).get("complete", 0), backend=backend, server_procs=nsrv, mode=mode)
             rows.append(row)
     except Exception as exc:
         failure = exc
@@ -1304,6 +1405,8 @@ def print_table(rows: list[Row], rounds: int) -> None:
             notes.append(f"- {where}: warm-up {r['warm_ok']}/{WARM_TURNS} ok")
         if r.get("worker_errors"):
             notes.append(f"- {where}: client process errors {r['worker_errors']}")
+        if r.get("breakdown"):
+            notes.append(f"- {where}: in the server: {fmt_breakdown(r['breakdown'])}")
         if r.get("group") == "cross" and r.get("post_ms_p50") is not None:
             notes.append(f"- {where}: POST /api/v1/messages/ answered in {r['post_ms_p50']:.1f} ms (p50)")
     if notes:
@@ -1397,9 +1500,13 @@ def git_commit() -> str | None:
 
 def bench(args: argparse.Namespace) -> int:
     points = parse_points(args.only)
+    servers = {name.strip() for name in args.servers.split(",") if name.strip()}
+    if not servers <= {"bare", "sqlite", "pg"}:
+        raise SystemExit(f"--servers: unknown {sorted(servers - {'bare', 'sqlite', 'pg'})}; choose from bare, sqlite, pg")
     opts = Opts(
         procs=max(1, args.procs), ramp=args.ramp, connect_concurrency=args.connect_concurrency, turn_timeout=args.turn_timeout,
         redis_url=f"{args.redis_url.rstrip('/')}/{args.redis_db}", pg_url=args.pg_url, logs=Path(args.logs), seed=args.seed,
+        py_spy=args.py_spy,
     )
     CLEANUP.admin_dsn = f"{args.pg_url.rstrip('/')}/postgres"
     invocation = uuid.uuid4().hex[:12]
@@ -1413,9 +1520,12 @@ def bench(args: argparse.Namespace) -> int:
                     k, n, d, spread = 1, args.n or 5000, 0.0, 0.0
                 else:
                     k, n, d, spread = args.k or (500 if point == 1 else 1000), args.n or 200, 20.0 if args.d is None else args.d, args.spread
-                jobs.append(("bare", functools.partial(run_bare, opts, point, rnd, k, n, d, spread)))
-                jobs.append(("ours SQLite", functools.partial(run_ours, opts, point, rnd, "sqlite", 1, "local", k, n, d, spread)))
-                jobs.append(("ours PG+Redis", functools.partial(run_ours, opts, point, rnd, "pg", 1, "local", k, n, d, spread)))
+                if "bare" in servers:
+                    jobs.append(("bare", functools.partial(run_bare, opts, point, rnd, k, n, d, spread)))
+                if "sqlite" in servers:
+                    jobs.append(("ours SQLite", functools.partial(run_ours, opts, point, rnd, "sqlite", 1, "local", k, n, d, spread)))
+                if "pg" in servers:
+                    jobs.append(("ours PG+Redis", functools.partial(run_ours, opts, point, rnd, "pg", 1, "local", k, n, d, spread)))
             else:
                 k, n, d, spread = args.k or 500, args.n or 200, 20.0 if args.d is None else args.d, args.spread
                 for mode in ("mixed", "local", "cross"):
@@ -1470,6 +1580,7 @@ def bench(args: argparse.Namespace) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog="See the module docstring for the columns.")
     ap.add_argument("--only", default="1,2,3,4", help="points to run, e.g. 1,3 (default all)")
+    ap.add_argument("--servers", default="bare,sqlite,pg", help="servers of points 1-3 (default bare,sqlite,pg; a ratio needs bare)")
     ap.add_argument("-k", type=int, help="clients (points 1, 2, 4; default 500, 1000, 500)")
     ap.add_argument("-n", type=int, help="pieces per reply (default 200; point 3: 5000)")
     ap.add_argument("-d", type=float, help="ms between pieces (points 1, 2, 4; default 20)")
@@ -1484,6 +1595,7 @@ def main() -> int:
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379", help="Redis server")
     ap.add_argument("--redis-db", type=int, default=7, help="Redis database number (keys get a unique prefix and are deleted)")
     ap.add_argument("--logs", default=str(Path(tempfile.gettempdir()) / "capbench-logs"), help="where daphne logs of failed runs are kept")
+    ap.add_argument("--py-spy", metavar="PATH", help="py-spy binary: sample every server of ours over its measured phase (files under --logs)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the send times")
     ap.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--delay-ms", type=float, default=20.0, help=argparse.SUPPRESS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 
@@ -12,6 +13,9 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 django_asgi_app = get_asgi_application()
+if settings.CHAT["GIL_SWITCH_INTERVAL"] > 0:
+    # The engine's database threads get the GIL back sooner after each statement (see settings.py).
+    sys.setswitchinterval(settings.CHAT["GIL_SWITCH_INTERVAL"])
 if settings.SERVE_STATIC:
     # Django's own static handler: enough for the page's few files; put a CDN or proxy in front at scale.
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)

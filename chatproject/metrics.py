@@ -32,7 +32,9 @@ DB_STEP_SECONDS = Histogram(
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 TURN_START_SECONDS = Histogram("chat_turn_start_seconds", "From a user message on a socket to its turn committed", buckets=_LATENCY)
 FIRST_DELTA_SECONDS = Histogram("chat_first_delta_seconds", "From a reply's start to its first words handed to the sockets", buckets=_LATENCY)
-TURN_START_BATCH = Histogram("chat_turn_start_batch_size", "Turns started by one transaction (group commit)", buckets=(1, 2, 5, 10, 20, 50, 100))
+BATCH_SIZE = Histogram(
+    "chat_batch_size", "Requests carried out by one transaction (group commit), by step", ["step"], buckets=(1, 2, 5, 10, 20, 50, 100),
+)
 CHECKPOINT_SECONDS = Histogram("chat_checkpoint_seconds", "One checkpoint of every running reply of the process")
 CHECKPOINT_FAILURES = Counter("chat_checkpoint_failures_total", "Checkpoints that failed (the next one catches up)")
 BUS_PUBLISH_SECONDS = Histogram(

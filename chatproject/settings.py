@@ -282,6 +282,10 @@ CHAT = {
     # Threads that run database steps (0: by database, 1 + 2 on SQLite, 4 + 4 on PostgreSQL).
     "DB_WRITE_THREADS": env_int("DB_WRITE_THREADS", 0),
     "DB_READ_THREADS": env_int("DB_READ_THREADS", 0),
+    # Seconds a thread keeps the GIL while another waits for it (Python's default: 0.005). A
+    # database thread waits for the GIL after every statement while the event loop streams; a
+    # shorter interval gets a turn's statements through sooner (set by the server, chatproject.asgi).
+    "GIL_SWITCH_INTERVAL": env_float("GIL_SWITCH_INTERVAL", 0.0005),
     # Redis keys of the bus between processes.
     "BUS_PREFIX": os.environ.get("CHANNEL_PREFIX", "asgi"),
     # A server process whose heartbeat is older than this is taken for dead.

@@ -122,3 +122,63 @@ async def test_turn_queries_do_not_grow_with_deltas(user, monkeypatch, steady): 
     _, few = await _turn_queries(counter, session, token, "/slow 10")
     _, many = await _turn_queries(counter, session, token, "/slow 1000")
     assert len(few) == len(many), (_shown(few), _shown(many))
+
+
+async def test_replies_that_end_together_are_stored_together(user, api, monkeypatch, steady, settings):  # type: ignore[no-untyped-def]
+    """Thirty replies end while the database threads are busy: their ends go in a few transactions, not thirty.
+
+    Every reply is stored `complete` with its full text and every socket gets its `message.completed`;
+    a reply whose session is deleted meanwhile is simply gone, and does not fail the others.
+    """
+    import asyncio
+
+    from chat.engine import db as engine_db
+    from chat.engine.process import engine
+
+    settings.CHAT = {**settings.CHAT, "DEMO_SLOW_DELAY": 0.3}
+    count = 30
+    token = await db(token_for, user)
+    sessions = [await db(session_create, owner=user, title=f"together {i}") for i in range(count)]
+    comms = [await open_socket(s.pk, token=token) for s in sessions]
+    for comm in comms:
+        await next_frame(comm)
+    writers = engine_db.pools()[0].threads
+    release = threading.Event()
+    blocked = threading.Semaphore(0)
+
+    def busy() -> None:  # holds a database thread, as a long step would
+        blocked.release()
+        release.wait(30)
+
+    blockers = []
+    try:
+        for comm in comms:
+            await send(comm, {"type": "user_message", "content": "/slow 3"})
+        for comm in comms:
+            await frames_until(comm, "message.delta", timeout=30)
+        blockers = [asyncio.ensure_future(engine.write(busy)) for _ in range(writers)]
+        for _ in range(writers):
+            while not blocked.acquire(blocking=False):
+                await asyncio.sleep(0.01)
+        # Each reply's last piece reaches its socket before its end is saved: then every end waits.
+        for comm in comms:
+            await frames_until(comm, "message.delta", where=lambda f: "chunk 3" in f["delta"], timeout=30)
+        deleted = await db(api.delete, f"/api/v1/sessions/{sessions[0].pk}/")
+        assert deleted.status_code == 204
+        await asyncio.sleep(0.2)
+        counter = QueryCounter(monkeypatch)
+    finally:
+        release.set()
+        await asyncio.gather(*blockers)
+    for session, comm in zip(sessions[1:], comms[1:], strict=True):
+        completed = (await frames_until(comm, "message.completed", where=lambda f: f["message"]["role"] == "assistant", timeout=30))[-1]["message"]
+        assert completed["status"] == "complete" and completed["content"] == "chunk 1 chunk 2 chunk 3 "
+        stored = await db(lambda s=session: list(Message.objects.filter(session=s, role="assistant").values_list("status", "content")))
+        assert stored == [("complete", "chunk 1 chunk 2 chunk 3 ")]
+    with counter.lock:
+        ends = [s for s in counter.statements if s.lstrip().upper().startswith("UPDATE") and "chat_message" in s and "completed_at" in s]
+    # One runner per database thread may take a single end before the rest are grouped.
+    assert 1 <= len(ends) <= writers + 1, _shown(ends)
+    assert await db(lambda: Message.objects.filter(session_id=sessions[0].pk).count()) == 0
+    for comm in comms:
+        await comm.disconnect()

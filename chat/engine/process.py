@@ -24,14 +24,14 @@ import redis.asyncio as redis
 from django.conf import settings
 
 from chat.engine import db
+from chat.engine.batch import GroupCommit
 from chat.engine.bus import LocalBus, RedisBus, make_bus
 from chat.engine.drive import Driver
 from chat.engine.hub import Hub
 from chat.engine.replies import Replies
-from chat.engine.starts import TurnStarts
 from chat.turn import liveness, outbox
 from chat.turn import replies as turn_replies
-from chat.turn.turns import Turn, TurnRequest
+from chat.turn.turns import Turn, TurnRequest, turn_start_many
 from chatproject import metrics
 
 logger = logging.getLogger(__name__)
@@ -48,14 +48,16 @@ class _Running:
         self.driver = driver
         self.tasks: list[asyncio.Task] = []
         self.background: set[asyncio.Task] = set()
-        self.starts: TurnStarts | None = None
+        self.starts: GroupCommit[TurnRequest, Turn] | None = None
+        self.finishes: GroupCommit[turn_replies.FinishRequest, turn_replies.Finished] | None = None
 
     def abandon(self) -> None:
         """The engine moved to another loop (each test has its own): stop what was left running here. On this loop."""
         for task in [*self.tasks, *self.background]:
             task.cancel()
-        if self.starts is not None:
-            self.starts.close()
+        for batches in (self.starts, self.finishes):
+            if batches is not None:
+                batches.close()
         self.hub.stop()
         self.bus.stop()
 
@@ -124,7 +126,9 @@ class Engine:
         hub = Hub(bus)
         replies = Replies(hub, self)
         running = _Running(loop, bus, hub, replies, Driver(replies, self))
-        running.starts = TurnStarts(self, db.pools()[0].threads)
+        writers = db.pools()[0].threads
+        running.starts = GroupCommit(self, turn_start_many, writers)
+        running.finishes = GroupCommit(self, turn_replies.reply_finish_many, writers)
         self._running = running
         running.tasks.append(loop.create_task(self._heartbeat(running)))
         running.tasks.append(loop.create_task(self._checkpoints(running)))
@@ -229,7 +233,13 @@ class Engine:
         """Start a user's turn, together with whatever other turns wait for the database (group commit)."""
         starts = self._here().starts
         assert starts is not None
-        return await starts.start(request)
+        return await starts.submit(request)
+
+    async def finish_reply(self, request: turn_replies.FinishRequest) -> turn_replies.Finished:
+        """Store a reply's end, together with whatever other ends wait for the database (group commit)."""
+        finishes = self._here().finishes
+        assert finishes is not None
+        return await finishes.submit(request)
 
     async def send_to_worker(self, worker_id: str, message: dict[str, Any]) -> bool:
         return await self._here().bus.send_to_worker(worker_id, message)
@@ -340,8 +350,9 @@ class Engine:
                 await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
         for task in running.tasks:
             task.cancel()
-        if running.starts is not None:
-            running.starts.close()
+        for batches in (running.starts, running.finishes):
+            if batches is not None:
+                batches.close()
         try:
             await self.write(liveness.forget_self)
         except Exception:

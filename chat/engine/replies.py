@@ -48,6 +48,8 @@ class Steps(Protocol):
 
     async def send_to_worker(self, worker_id: str, message: dict[str, Any]) -> bool: ...
 
+    async def finish_reply(self, request: turn_replies.FinishRequest) -> turn_replies.Finished: ...
+
 
 class ReplyRun:
     def __init__(self, message_id: uuid.UUID, session_id: uuid.UUID, hub: Hub) -> None:
@@ -208,7 +210,7 @@ class Replies:
             away = other = 0
             while other < FINISH_ATTEMPTS:
                 try:
-                    saved = await self.steps.write(turn_replies.reply_finish, message_id=message_id, session_id=session_id, **fields)
+                    saved = await self.steps.finish_reply(turn_replies.FinishRequest(message_id, session_id, **fields))
                     if away:
                         logger.warning("Reply %s saved after the database was away for %d attempts", message_id, away)
                     return saved

@@ -10,6 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
 from chat import events
@@ -96,6 +97,78 @@ def reply_finish(
     except NotFound:
         return Finished(stored=False)  # the session was deleted meanwhile, its messages with it
     return Finished(stored=True, advance=bool(tool_calls) and status == Message.Status.COMPLETE)
+
+
+@dataclass(frozen=True)
+class FinishRequest:
+    """A reply's end, as the engine hands it to `reply_finish_many` (the arguments of `reply_finish`)."""
+
+    message_id: uuid.UUID
+    session_id: uuid.UUID
+    content: str
+    status: str
+    error: str | None = None
+    metadata: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    placeholder: Message | None = None
+
+    def alone(self) -> Finished:
+        return reply_finish(
+            message_id=self.message_id, session_id=self.session_id, content=self.content, status=self.status, error=self.error,
+            metadata=self.metadata, tool_calls=self.tool_calls, placeholder=self.placeholder,
+        )
+
+
+def reply_finish_many(requests: Sequence[FinishRequest]) -> list[Finished | Exception]:
+    """Store the ends of several replies (of any sessions) in one transaction: what ends at once in one process.
+
+    The same outcome as `reply_finish` for each, with one statement locking every session (in id
+    order), one UPDATE storing every end, one SELECT of their reactions, one UPDATE of the
+    sessions' activity and one commit, however many replies end together (group commit). Replies
+    with tool calls to record, without their starting row, or no longer streaming take
+    `reply_finish` one by one, after the group. One alone takes `reply_finish` at once.
+    """
+    if len(requests) == 1:
+        return [requests[0].alone()]
+    results: list[Finished | Exception | None] = [None] * len(requests)
+    grouped = [i for i, r in enumerate(requests) if r.placeholder is not None and not r.tool_calls]
+    alone = [i for i, r in enumerate(requests) if r.placeholder is None or r.tool_calls]
+    if grouped:
+        with transaction.atomic():
+            owners = rows.lock_sessions({requests[i].session_id for i in grouped})
+            for i in grouped:
+                if requests[i].session_id not in owners:
+                    results[i] = Finished(stored=False)  # the session was deleted meanwhile, its messages with it
+            now = timezone.now()
+            live = [i for i in grouped if results[i] is None]
+            ends, merged = [], {}
+            for i in live:
+                r = requests[i]
+                assert r.placeholder is not None
+                merged[i] = {**r.placeholder.metadata, **r.metadata} if r.metadata else r.placeholder.metadata
+                ends.append(rows.ReplyEnd(r.message_id, r.content, r.status, r.error, merged[i]))
+            stored = rows.replies_end(ends, now)
+            rows.sessions_touch({requests[i].session_id for i in live if requests[i].message_id in stored}, now)
+            reactions = rows.reactions_of_many(stored)
+            for i in live:
+                r = requests[i]
+                if r.message_id not in stored:
+                    alone.append(i)  # no longer streaming: reply_finish decides what to keep
+                    continue
+                message = r.placeholder
+                assert message is not None
+                message.content, message.status, message.error, message.completed_at, message.worker_id, message.metadata = (
+                    r.content, r.status, r.error, now, "", merged[i],
+                )
+                data = message_data(message, owners[r.session_id], reactions=reactions[r.message_id])
+                outbox.frame(r.session_id, events.message_completed(data))
+                results[i] = Finished(stored=True)
+    for i in sorted(alone):
+        try:
+            results[i] = requests[i].alone()
+        except Exception as exc:  # handed to its sender; the others are stored
+            results[i] = exc
+    return results  # type: ignore[return-value]
 
 
 def reply_fail_plainly(*, message_id: uuid.UUID, content: str, error: str) -> None:

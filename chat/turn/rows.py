@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -326,6 +326,92 @@ def reply_end(*, message_id: uuid.UUID, content: str, status: str, error: str | 
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {_table(Message)} SET {assignments} WHERE {_col(Message, 'id')} = %s AND {_col(Message, 'status')} = %s", params)
         return cursor.rowcount == 1
+
+
+def lock_sessions(session_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Lock several session rows, in id order, with one statement; their owners by id (missing ones are left out)."""
+    ids = sorted(set(session_ids))
+    if not ids:
+        return {}
+    sid = f"s.{_col(ChatSession, 'id')}"
+    marks = ", ".join(["%s"] * len(ids))
+    sql = f"SELECT {sid}, s.{_col(ChatSession, 'owner')} FROM {_table(ChatSession)} s WHERE {sid} IN ({marks}) ORDER BY {sid}{_lock_clause()}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_uuid(session_id) for session_id in ids])
+        return {to_uuid(session_id): owner_id for session_id, owner_id in cursor.fetchall()}
+
+
+def sessions_touch(session_ids: Collection[uuid.UUID], when: datetime) -> None:
+    """Mark activity on several (locked) session rows: one UPDATE."""
+    if not session_ids:
+        return
+    marks = ", ".join(["%s"] * len(session_ids))
+    params = [ChatSession._meta.get_field("updated_at").get_db_prep_save(when, connection), *(_uuid(i) for i in session_ids)]
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {_table(ChatSession)} SET {_col(ChatSession, 'updated_at')} = %s WHERE {_col(ChatSession, 'id')} IN ({marks})", params)
+
+
+@dataclass(frozen=True)
+class ReplyEnd:
+    """A reply's end as `replies_end` stores it."""
+
+    message_id: uuid.UUID
+    content: str
+    status: str
+    error: str | None
+    metadata: dict[str, Any]
+
+
+def replies_end(ends: Sequence[ReplyEnd], completed_at: datetime) -> set[uuid.UUID]:
+    """Store the end of several replies that are still streaming: one UPDATE (a CASE per column). The ids it stored.
+
+    A reply that is no longer streaming (ended elsewhere, or gone) is left as it is and is not in the answer.
+    """
+    if not ends:
+        return set()
+    m, mid = _table(Message), _col(Message, "id")
+    fields = {name: Message._meta.get_field(name) for name in ("content", "status", "error", "metadata", "completed_at", "worker_id")}
+    keys = [_uuid(end.message_id) for end in ends]
+    assignments: list[str] = []
+    params: list[Any] = []
+    for name in ("content", "status", "error", "metadata"):
+        column = _q(fields[name].column)
+        assignments.append(f"{column} = CASE {mid} " + " ".join(["WHEN %s THEN %s"] * len(ends)) + f" ELSE {column} END")
+        for key, end in zip(keys, ends, strict=True):
+            params += [key, fields[name].get_db_prep_save(getattr(end, name), connection)]
+    assignments.append(f"{_q(fields['completed_at'].column)} = %s")
+    assignments.append(f"{_q(fields['worker_id'].column)} = %s")
+    params += [fields["completed_at"].get_db_prep_save(completed_at, connection), ""]
+    marks = ", ".join(["%s"] * len(ends))
+    where = f"{mid} IN ({marks}) AND {_col(Message, 'status')} = %s"
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite" and connection.Database.sqlite_version_info < (3, 35):  # no RETURNING: read first (under the session locks)
+            cursor.execute(f"SELECT {mid} FROM {m} WHERE {where}", [*keys, Message.Status.STREAMING])
+            stored = {to_uuid(row[0]) for row in cursor.fetchall()}
+            cursor.execute(f"UPDATE {m} SET {', '.join(assignments)} WHERE {where}", [*params, *keys, Message.Status.STREAMING])
+            return stored
+        cursor.execute(f"UPDATE {m} SET {', '.join(assignments)} WHERE {where} RETURNING {mid}", [*params, *keys, Message.Status.STREAMING])
+        return {to_uuid(row[0]) for row in cursor.fetchall()}
+
+
+def reactions_of_many(message_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, list[Reaction]]:
+    """The reactions of several messages, by message: one SELECT."""
+    found: dict[uuid.UUID, list[Reaction]] = {message_id: [] for message_id in message_ids}
+    if not found:
+        return found
+    r = _table(Reaction)
+    marks = ", ".join(["%s"] * len(found))
+    sql = (
+        f"SELECT {_col(Reaction, 'id')}, {_col(Reaction, 'emoji')}, {_col(Reaction, 'user')}, {_col(Reaction, 'created_at')}, {_col(Reaction, 'message')}"
+        f" FROM {r} WHERE {_col(Reaction, 'message')} IN ({marks})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_uuid(message_id) for message_id in found])
+        rows = cursor.fetchall()
+    for pk, emoji, user_id, created, message_id in rows:
+        key = to_uuid(message_id)
+        found[key].append(Reaction(id=pk, emoji=emoji, user_id=user_id, message_id=key, created_at=to_datetime(created)))
+    return found
 
 
 def reactions_of(message_id: uuid.UUID) -> list[Reaction]:
