@@ -10,7 +10,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-from django.core.asgi import get_asgi_application
+
+from chatproject.handler import get_asgi_application
 
 django_asgi_app = get_asgi_application()
 if settings.CHAT["GIL_SWITCH_INTERVAL"] > 0:

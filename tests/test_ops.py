@@ -93,3 +93,43 @@ def test_the_default_allowed_hosts_are_local_only() -> None:
         env=env, capture_output=True, text=True, check=True,
     ).stdout.strip()
     assert out == "localhost,127.0.0.1,[::1]"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_http_request_makes_one_trip_from_the_event_loop_to_its_thread(user, token, monkeypatch):  # type: ignore[no-untyped-def]
+    """The middleware chain and a sync view run in one call on the request's thread (chatproject.handler).
+
+    Django's own ASGI handler sends each middleware's process_request and process_response to the
+    thread separately (about a dozen trips per request); here a request costs the chain's one trip
+    plus the request_started and request_finished signals'. The responses are Django's as ever: a
+    DRF view through the whole middleware stack, an error, and the async /healthz view.
+    """
+    import json
+
+    from asgiref import sync
+    from channels.testing import HttpCommunicator
+
+    from chatproject.asgi import application
+
+    trips = {"count": 0}
+    original = sync.SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        trips["count"] += 1
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(sync.SyncToAsync, "__call__", counted)
+    auth = [(b"authorization", f"Token {token}".encode()), (b"host", b"127.0.0.1")]
+
+    listed = await HttpCommunicator(application, "GET", "/api/v1/sessions/", headers=auth).get_response()
+    assert listed["status"] == 200 and json.loads(listed["body"])["results"] == []
+    assert (b"x-frame-options", b"DENY") in [(k.lower(), v) for k, v in listed["headers"]]  # the middleware ran
+    assert trips["count"] <= 3, trips
+
+    trips["count"] = 0
+    missing = await HttpCommunicator(application, "GET", "/api/v1/sessions/00000000-0000-0000-0000-000000000000/", headers=auth).get_response()
+    assert missing["status"] == 404 and json.loads(missing["body"])["code"] == "not_found"
+    assert trips["count"] <= 4, trips  # and the 404 is logged, on a thread of its own
+
+    health = await HttpCommunicator(application, "GET", "/healthz", headers=[(b"host", b"127.0.0.1")]).get_response()
+    assert health["status"] == 200 and json.loads(health["body"])["status"] == "ok"
