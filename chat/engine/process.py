@@ -55,11 +55,14 @@ class _Running:
         """The engine moved to another loop (each test has its own): stop what was left running here. On this loop."""
         for task in [*self.tasks, *self.background]:
             task.cancel()
+        self.close_batches()
+        self.hub.stop()
+        self.bus.stop()
+
+    def close_batches(self) -> None:
         for batches in (self.starts, self.finishes):
             if batches is not None:
                 batches.close()
-        self.hub.stop()
-        self.bus.stop()
 
 
 class Engine:
@@ -350,9 +353,7 @@ class Engine:
                 await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
         for task in running.tasks:
             task.cancel()
-        for batches in (running.starts, running.finishes):
-            if batches is not None:
-                batches.close()
+        running.close_batches()
         try:
             await self.write(liveness.forget_self)
         except Exception:

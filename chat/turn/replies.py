@@ -40,6 +40,14 @@ class Finished:
     advance: bool = False
 
 
+def _ended(message: Message, content: str, status: str, error: str | None, when: Any, metadata: dict[str, Any]) -> Message:
+    """The reply's row as `rows.reply_end` / `rows.replies_end` stored it, from the row as streaming began."""
+    message.content, message.status, message.error, message.completed_at, message.worker_id, message.metadata = (
+        content, status, error, when, "", metadata,
+    )
+    return message
+
+
 def reply_finish(
     *,
     message_id: uuid.UUID,
@@ -65,10 +73,7 @@ def reply_finish(
                 merged = {**placeholder.metadata, **metadata} if metadata else placeholder.metadata
                 if rows.reply_end(message_id=message_id, content=content, status=status, error=error, completed_at=now, metadata=merged):
                     locked.touch(now)
-                    message = placeholder
-                    message.content, message.status, message.error, message.completed_at, message.worker_id, message.metadata = (
-                        content, status, error, now, "", merged,
-                    )
+                    message = _ended(placeholder, content, status, error, now, merged)
                     if tool_calls:
                         agentic.tool_calls_record(reply=message, calls=tool_calls)
                     data = message_data(message, locked.session.owner_id, reactions=rows.reactions_of(message_id))
@@ -155,11 +160,8 @@ def reply_finish_many(requests: Sequence[FinishRequest]) -> list[Finished | Exce
                 if r.message_id not in stored:
                     alone.append(i)  # no longer streaming: reply_finish decides what to keep
                     continue
-                message = r.placeholder
-                assert message is not None
-                message.content, message.status, message.error, message.completed_at, message.worker_id, message.metadata = (
-                    r.content, r.status, r.error, now, "", merged[i],
-                )
+                assert r.placeholder is not None
+                message = _ended(r.placeholder, r.content, r.status, r.error, now, merged[i])
                 data = message_data(message, owners[r.session_id], reactions=reactions[r.message_id])
                 outbox.frame(r.session_id, events.message_completed(data))
                 results[i] = Finished(stored=True)
