@@ -1012,7 +1012,7 @@ def start_spies(opts: Opts, label: str, procs: list[subprocess.Popen[bytes]]) ->
     spies = []
     for i, p in enumerate(procs):
         out = opts.logs / f"{re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-')}-{i}.txt"
-        spy = subprocess.Popen([opts.py_spy, "record", "--pid", str(p.pid), "--rate", "97", "--format", "raw", "--nonblocking", "-o", str(out)],
+        spy = subprocess.Popen([opts.py_spy, "record", "--pid", str(p.pid), "--rate", "97", "--format", "raw", "--nonblocking", *opts.py_spy_args, "-o", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         spies.append((spy, out))
     return spies
@@ -1095,6 +1095,7 @@ class Opts:
     logs: Path
     seed: int
     py_spy: str | None = None
+    py_spy_args: tuple[str, ...] = ()
 
 
 def load_cfg(opts: Opts, k: int, n: int, d_ms: float, spread: float, token: str) -> dict[str, Any]:
@@ -1507,6 +1508,7 @@ def bench(args: argparse.Namespace) -> int:
         procs=max(1, args.procs), ramp=args.ramp, connect_concurrency=args.connect_concurrency, turn_timeout=args.turn_timeout,
         redis_url=f"{args.redis_url.rstrip('/')}/{args.redis_db}", pg_url=args.pg_url, logs=Path(args.logs), seed=args.seed,
         py_spy=args.py_spy,
+        py_spy_args=tuple(args.py_spy_args.split()),
     )
     CLEANUP.admin_dsn = f"{args.pg_url.rstrip('/')}/postgres"
     invocation = uuid.uuid4().hex[:12]
@@ -1596,6 +1598,7 @@ def main() -> int:
     ap.add_argument("--redis-db", type=int, default=7, help="Redis database number (keys get a unique prefix and are deleted)")
     ap.add_argument("--logs", default=str(Path(tempfile.gettempdir()) / "capbench-logs"), help="where daphne logs of failed runs are kept")
     ap.add_argument("--py-spy", metavar="PATH", help="py-spy binary: sample every server of ours over its measured phase (files under --logs)")
+    ap.add_argument("--py-spy-args", default="", metavar="ARGS", help='more arguments of py-spy record, e.g. "--gil" (only the thread that holds the GIL)')
     ap.add_argument("--seed", type=int, default=1, help="seed of the send times")
     ap.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--delay-ms", type=float, default=20.0, help=argparse.SUPPRESS)

@@ -11,6 +11,11 @@ An idle process sends the first piece at once; a busy one, or a fast model, gets
 pieces per frame, and the ticks stretch when the loop falls behind, which coalesces more.
 A socket whose connection cannot take more (over HOLD_ABOVE bytes wait in its buffer) holds its
 frames and joins the deltas of a reply into one until the buffer drains.
+
+A tick of hundreds of replies is tens of milliseconds of work; done in one go it would hold back
+every timer of the loop meanwhile (the models' next pieces, heartbeats), and each reply's pace
+would slip by that much every tick. So the hub stages and writes in slices of at most SLICE
+seconds and lets the loop run between them. Everything still leaves through one queue, in order.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ logger = logging.getLogger(__name__)
 _DELTA_PREFIX = '{"type":"message.delta",'
 _DELETED_PREFIX = '{"type":"session.deleted",'
 _DELTA_OVERHEAD = 100  # the JSON around a held delta's text (type, message id, offset)
+SLICE = 0.002  # seconds of staging or writing before the hub lets the loop run other callbacks
+_CHECK_EVERY = 32  # items between looks at the clock
 
 
 class Run(Protocol):
@@ -305,14 +312,20 @@ class Hub:
         if run.remote and self.bus.shared:
             self.bus.publish(run.session_id, text, counted=run, self_listens=bool(sinks))
 
-    def _tick(self) -> None:
+    async def _tick(self) -> None:
         runs, self._dirty = self._dirty, {}
         # Many replies at once: a longer window, so frames (the cost per socket) stay about
         # STREAM_FRAMES_PER_SECOND in all however many pieces the models send.
         window = min(self.window_max, max(self.window, len(runs) / self.frames_per_second))
-        self._next_tick = self._loop.time() + window
-        for run in runs:
-            self._stage(run)
+        loop = self._loop
+        self._next_tick = loop.time() + window
+        started = loop.time()
+        for i, run in enumerate(runs, 1):
+            self._stage(run)  # a run that ended meanwhile was flushed already: nothing left to take
+            if i % _CHECK_EVERY == 0 and loop.time() - started >= SLICE:
+                self.bus.flush()
+                await asyncio.sleep(0)
+                started = loop.time()
         self.bus.flush()
 
     async def _run(self) -> None:
@@ -320,7 +333,7 @@ class Hub:
         while True:
             try:
                 if self._dirty and loop.time() >= self._next_tick:
-                    self._tick()
+                    await self._tick()
                 if self._out:
                     await self._drain()
                     continue
@@ -337,7 +350,8 @@ class Hub:
                 logger.exception("The hub failed to send; going on")
 
     async def _drain(self) -> None:
-        out = self._out
+        out, loop = self._out, self._loop
+        started, count = loop.time(), 0
         while out:
             sink, item = out.popleft()
             if sink.closed:
@@ -349,6 +363,10 @@ class Hub:
                     await sink.write(item)
             except Exception:
                 logger.warning("Writing to socket %s failed", sink.id, exc_info=True)
+            count += 1
+            if count % _CHECK_EVERY == 0 and loop.time() - started >= SLICE:
+                await asyncio.sleep(0)
+                started = loop.time()
 
     def resync_all(self) -> None:
         """The link to other processes was lost for a while: every socket here gets a fresh snapshot."""
