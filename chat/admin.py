@@ -17,7 +17,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
-from chat.models import Agent, Approval, IdempotencyRecord, Message, Plan, Reaction, ToolCall, Worker
+from chat.models import Agent, Approval, IdempotencyRecord, Message, Plan, Reaction, TokenBudget, ToolCall, UsageDay, Worker
 from chat.serializers import summarize_reactions
 from chat.tools import REGISTRY
 
@@ -245,3 +245,29 @@ class IdempotencyRecordAdmin(ReadOnlyAdmin):
 class WorkerAdmin(ReadOnlyAdmin):
     list_display = ("id", "hostname", "pid", "started_at", "heartbeat_at")
     search_fields = ("id", "hostname")
+
+
+@admin.register(UsageDay)
+class UsageDayAdmin(ReadOnlyAdmin):
+    """Tokens per user per day (UTC), as each reply's end added them; filter by day, search by user."""
+
+    list_display = ("day", "user", "prompt_tokens", "completion_tokens", "total_tokens_display", "replies")
+    list_select_related = ("user",)
+    list_filter = ("day",)
+    date_hierarchy = "day"
+    search_fields = ("user__username",)
+    ordering = ("-day", "user__username")
+
+    @admin.display(description="Total tokens")
+    def total_tokens_display(self, row: UsageDay) -> int:
+        return row.total_tokens
+
+
+@admin.register(TokenBudget)
+class TokenBudgetAdmin(admin.ModelAdmin):
+    """A user's own daily token budget, instead of DAILY_TOKEN_BUDGET (0: no limit for them)."""
+
+    list_display = ("user", "daily_tokens")
+    list_select_related = ("user",)
+    search_fields = ("user__username",)
+    autocomplete_fields = ("user",)

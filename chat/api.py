@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import idempotency, selectors, tools
+from chat import idempotency, selectors, tools, usage
 from chat.serializers import (
     AgentSerializer,
     ErrorSerializer,
@@ -15,6 +17,7 @@ from chat.serializers import (
     MessageSerializer,
     ReactionCreateSerializer,
     ReactionsResponseSerializer,
+    UsageSerializer,
 )
 from chat.turn import reactions, turns
 from sessions_app.selectors import session_get
@@ -100,3 +103,32 @@ class MessageReactionDelete(APIView):
         message = selectors.message_get(user=request.user, message_id=message_id)
         reactions.reaction_remove(message=message, user=request.user, emoji=emoji)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+USAGE_MAX_DAYS = 366
+
+
+class Usage(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("days", OpenApiTypes.INT, description=f"Days back, today included (1 to {USAGE_MAX_DAYS}; default 30).")],
+        responses={200: UsageSerializer, 400: ErrorSerializer},
+        operation_id="usage_retrieve",
+    )
+    def get(self, request: Request) -> Response:
+        """The user's token usage per day (UTC), kept up to date by each reply's end, and today's budget."""
+        given = request.query_params.getlist("days")
+        if len(given) > 1 or (given and not (given[0].isascii() and given[0].isdigit() and 1 <= int(given[0]) <= USAGE_MAX_DAYS)):
+            raise ValidationError({"days": [f"Must be a whole number from 1 to {USAGE_MAX_DAYS}, given once."]})
+        days = selectors.usage_days(user=request.user, days=int(given[0]) if given else 30)
+        rows = [{"day": d.day, "replies": d.replies, **usage.as_data(d.prompt_tokens, d.completion_tokens)} for d in days]
+        today = next((row for row in rows if row["day"] == timezone.localdate()), None)
+        if today is None:
+            today = {"day": timezone.localdate(), "replies": 0, **usage.as_data(0, 0)}
+        budget = selectors.daily_token_budget(user=request.user)
+        data = {
+            "daily_budget": budget or None,
+            "today": today,
+            "remaining_today": max(0, budget - today["total_tokens"]) if budget else None,
+            "days": rows,
+        }
+        return Response(UsageSerializer(data).data)

@@ -39,8 +39,11 @@ def message_created(message_data: dict[str, Any]) -> dict[str, Any]:
     return {"type": "message.created", "message": message_data}
 
 
-def message_completed(message_data: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "message.completed", "message": message_data}
+def message_completed(message_data: dict[str, Any], session_usage: dict[str, int] | None = None) -> dict[str, Any]:
+    """`session_usage`: the session's token totals, on the frame of a reply's end (they changed with it)."""
+    if session_usage is None:
+        return {"type": "message.completed", "message": message_data}
+    return {"type": "message.completed", "message": message_data, "session_usage": session_usage}
 
 
 def message_delta(message_id: uuid.UUID | str, offset: int, delta: str) -> dict[str, Any]:

@@ -227,3 +227,36 @@ class Plan(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["session", "status"])]
+
+
+class UsageDay(models.Model):
+    """A user's tokens on one day (UTC, TIME_ZONE): added in each reply's final transaction, never summed per request."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    replies = models.PositiveIntegerField(default=0, help_text="Replies that reported usage.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "day"], name="usage_user_day_unique")]
+        indexes = [models.Index(fields=["day"], name="usage_day")]
+        verbose_name = "usage per day"
+        verbose_name_plural = "usage per day"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __str__(self) -> str:
+        return f"{self.user_id} on {self.day}"
+
+
+class TokenBudget(models.Model):
+    """A user's own daily token budget, instead of DAILY_TOKEN_BUDGET (0: no budget for this user)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="token_budget")
+    daily_tokens = models.PositiveBigIntegerField(help_text="Tokens a day (prompt and completion); 0 for no limit.")
+
+    def __str__(self) -> str:
+        return f"{self.daily_tokens} tokens a day for {self.user_id}"

@@ -179,3 +179,28 @@ class ErrorSerializer(serializers.Serializer):
         help_text="validation_error only: the messages of each field.",
     )
     retry_after = serializers.IntegerField(required=False, help_text="throttled only: seconds to wait.")
+
+
+class TokensSerializer(serializers.Serializer):
+    """Tokens as providers report them: a session's totals (`Session.usage`, `message.completed`'s `session_usage`)."""
+
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class UsageDaySerializer(serializers.Serializer):
+    day = serializers.DateField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    replies = serializers.IntegerField(help_text="Replies that reported usage.")
+
+
+class UsageSerializer(serializers.Serializer):
+    """`GET /api/v1/usage/`: the user's tokens per day, and what is left of today's budget."""
+
+    daily_budget = serializers.IntegerField(allow_null=True, help_text="Tokens a day; null when there is no budget.")
+    today = UsageDaySerializer()
+    remaining_today = serializers.IntegerField(allow_null=True, help_text="Tokens left today; null when there is no budget.")
+    days = UsageDaySerializer(many=True, help_text="Newest first; days without usage are left out.")

@@ -302,6 +302,9 @@ CHAT = {
     # Per-user budgets (chat.turn.budget); 0 turns one off. Turns: REST and socket together.
     "TURNS_PER_MINUTE": env_int("TURNS_PER_MINUTE", 20),
     "MAX_REPLIES_PER_USER": env_int("MAX_REPLIES_PER_USER", 5),
+    # Tokens (prompt and completion) a user's replies may use a day (UTC); a user's TokenBudget,
+    # set in the admin, replaces it for them. 0: no budget.
+    "DAILY_TOKEN_BUDGET": env_int("DAILY_TOKEN_BUDGET", 0),
     # Seconds between rechecks of every socket's credential (closed with 4401 once it is gone).
     "WS_AUTH_RECHECK_SECONDS": env_float("WS_AUTH_RECHECK_SECONDS", 5.0),
     # Open sockets of one user in one server process.

@@ -104,7 +104,7 @@ def _plan_steps(steps: Any) -> SafeString | str:
 @admin.register(ChatSession)
 class ChatSessionAdmin(admin.ModelAdmin):
     form = ChatSessionForm
-    list_display = ("title_display", "owner", "agent", "mode", "message_count_display", "updated_at", "created_at")
+    list_display = ("title_display", "owner", "agent", "mode", "message_count_display", "tokens_display", "updated_at", "created_at")
     list_display_links = ("title_display",)
     list_select_related = ("owner", "agent")
     list_filter = ("mode", "agent", "created_at", "updated_at")
@@ -113,11 +113,11 @@ class ChatSessionAdmin(admin.ModelAdmin):
     date_hierarchy = "updated_at"
     fields = (
         "id", "owner", "title", "mode", "agent", "created_at", "updated_at", "seq", "message_count",
-        "messages_table", "tool_calls_table", "approvals_table", "plans_table",
+        "prompt_tokens", "completion_tokens", "messages_table", "tool_calls_table", "approvals_table", "plans_table",
     )
     readonly_fields = (
         "id", "owner", "mode", "agent", "created_at", "updated_at", "seq", "message_count",
-        "messages_table", "tool_calls_table", "approvals_table", "plans_table",
+        "prompt_tokens", "completion_tokens", "messages_table", "tool_calls_table", "approvals_table", "plans_table",
     )
     actions = ("download_json", "download_markdown")
 
@@ -130,6 +130,10 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
         return False
+
+    @admin.display(description="Tokens")
+    def tokens_display(self, session: ChatSession) -> int:
+        return session.prompt_tokens + session.completion_tokens
 
     @admin.display(description="Messages", ordering="message_count")
     def message_count_display(self, session: ChatSession) -> int:

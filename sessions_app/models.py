@@ -20,6 +20,10 @@ class ChatSession(models.Model):
     # in the transaction that adds the messages (see chat.turn.locking), never counted per request.
     seq = models.PositiveBigIntegerField(default=0)
     message_count = models.PositiveBigIntegerField(default=0)
+    # Tokens of the session's replies, as their providers reported them: added in each reply's final
+    # transaction (chat.turn.replies), never summed per request.
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     # Last activity: set when the session is edited or gets a message.
     updated_at = models.DateTimeField(auto_now_add=True, db_index=True)

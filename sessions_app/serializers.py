@@ -3,21 +3,29 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from chat.serializers import StrictCharField
+from chat import usage
+from chat.serializers import StrictCharField, TokensSerializer
 from sessions_app.models import ChatSession
 
 
 class SessionSerializer(serializers.ModelSerializer):
-    """The contract's `Session`; `message_count` is kept on the row by every step that adds a message."""
+    """The contract's `Session`; `message_count` and `usage` are kept on the row by the steps that add messages and end replies."""
 
     agent = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    usage = serializers.SerializerMethodField()
 
     class Meta:
         model = ChatSession
-        fields = ["id", "title", "mode", "agent", "created_at", "updated_at", "message_count"]
+        fields = ["id", "title", "mode", "agent", "created_at", "updated_at", "message_count", "usage"]
         read_only_fields = fields
+
+    @extend_schema_field(TokensSerializer)
+    def get_usage(self, session: ChatSession) -> dict[str, int]:
+        """Tokens of the session's replies, as their providers reported them."""
+        return usage.as_data(session.prompt_tokens, session.completion_tokens)
 
 
 class SessionWriteSerializer(serializers.Serializer):

@@ -88,9 +88,10 @@ def steady(settings):  # type: ignore[no-untyped-def]
 # and writes the session row once; then the model's context (skipped on a session's first turn).
 # SQLite counts its BEGIN as a statement; PostgreSQL begins implicitly. Commits are not statements.
 TURN_START = 5 if on_postgres() else 6
-# The whole turn adds the end: lock the session, one UPDATE of the reply, its reactions, the session row.
-# (Before the engine's rework a turn took 17 statements on SQLite; now 11, 9 on PostgreSQL.)
-TURN = TURN_START + (4 if on_postgres() else 5)
+# The whole turn adds the end: lock the session, one UPDATE of the reply, its reactions, the session row
+# (activity and tokens), the owner's tokens of the day (one upsert; only when the reply reported usage).
+# (Before the engine's rework a turn took 17 statements on SQLite; now 12, 10 on PostgreSQL.)
+TURN = TURN_START + (5 if on_postgres() else 6)
 
 
 async def test_a_turn_starts_with_a_fixed_handful_of_statements(user, monkeypatch, steady):  # type: ignore[no-untyped-def]

@@ -1,11 +1,14 @@
-"""Per-user budgets: how many turns a user starts a minute, and how many replies run for them at once.
+"""Per-user budgets: how many turns a user starts a minute, how many replies run for them at once, and tokens a day.
 
 One budget for every way a turn starts (REST and the socket both start turns through
 `turns.turn_start_many`). Turns are counted in Django's cache, per fixed minute: shared by every
 process when the cache is Redis (REDIS_URL), per process otherwise. Concurrent replies are
 counted in the database, in the statement that locks the session (`rows.lock_for_turns`), so
 they hold across processes; two turns of one user in two sessions at the same instant may
-both pass (the cap is checked, not locked). 0 turns a setting off.
+both pass (the cap is checked, not locked). Tokens a day are read from the user's day total
+(`UsageDay`, kept by each reply's end) in that same statement: a turn starts while the day's
+total is below the budget, so the reply that crosses it finishes, and the next is refused. 0
+turns a setting off.
 """
 
 from __future__ import annotations
@@ -42,4 +45,12 @@ def replies_full(running: int) -> RateLimited | None:
     limit = settings.CHAT["MAX_REPLIES_PER_USER"]
     if limit > 0 and running >= limit:
         return RateLimited(f"{running} of your replies are running; wait for one to finish (at most {limit} at once).")
+    return None
+
+
+def tokens_spent(used_today: int, own_budget: int | None) -> RateLimited | None:
+    """The error when the user's tokens today reached their daily budget (their own, or DAILY_TOKEN_BUDGET)."""
+    limit = settings.CHAT["DAILY_TOKEN_BUDGET"] if own_budget is None else own_budget
+    if limit > 0 and used_today >= limit:
+        return RateLimited(f"Your daily budget of {limit:,} tokens is spent ({used_today:,} used today); it renews at midnight UTC.")
     return None

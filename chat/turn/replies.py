@@ -13,7 +13,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from chat import events
+from chat import events, usage
 from chat.exceptions import NotFound
 from chat.models import Message
 from chat.serializers import message_data
@@ -48,6 +48,27 @@ def _ended(message: Message, content: str, status: str, error: str | None, when:
     return message
 
 
+def _account(ended: Sequence[tuple[uuid.UUID, int, dict[str, Any]]], when: Any) -> dict[uuid.UUID, dict[str, int]]:
+    """Activity and tokens of replies that just ended, (session, owner, metadata) each: one UPDATE of their
+    sessions, and one upsert of their owners' day totals when any reported usage. The sessions' totals, by id.
+    """
+    sessions: dict[uuid.UUID, tuple[int, int]] = {}
+    days: dict[tuple[int, Any], tuple[int, int, int]] = {}
+    day = usage.day_of(when)
+    for session_id, owner_id, metadata in ended:
+        tokens = usage.tokens_of(metadata)
+        prompt, completion = sessions.get(session_id, (0, 0))
+        if tokens is None:
+            sessions[session_id] = (prompt, completion)
+            continue
+        sessions[session_id] = (prompt + tokens[0], completion + tokens[1])
+        p, c, n = days.get((owner_id, day), (0, 0, 0))
+        days[(owner_id, day)] = (p + tokens[0], c + tokens[1], n + 1)
+    totals = rows.sessions_finish(sessions, when)
+    rows.usage_add(days)
+    return {session_id: usage.as_data(*tokens) for session_id, tokens in totals.items()}
+
+
 def reply_finish(
     *,
     message_id: uuid.UUID,
@@ -72,12 +93,12 @@ def reply_finish(
             if placeholder is not None:
                 merged = {**placeholder.metadata, **metadata} if metadata else placeholder.metadata
                 if rows.reply_end(message_id=message_id, content=content, status=status, error=error, completed_at=now, metadata=merged):
-                    locked.touch(now)
+                    totals = _account([(session_id, locked.session.owner_id, merged)], now)
                     message = _ended(placeholder, content, status, error, now, merged)
                     if tool_calls:
                         agentic.tool_calls_record(reply=message, calls=tool_calls)
                     data = message_data(message, locked.session.owner_id, reactions=rows.reactions_of(message_id))
-                    outbox.frame(session_id, events.message_completed(data))
+                    outbox.frame(session_id, events.message_completed(data, totals.get(session_id)))
                     return Finished(stored=True, advance=bool(tool_calls) and status == Message.Status.COMPLETE)
             message = Message.objects.select_for_update(of=("self",)).select_related("agent", "session").filter(pk=message_id).first()
             if message is None:
@@ -90,15 +111,15 @@ def reply_finish(
                     message.save(update_fields=["content"])
                     outbox.frame(session_id, events.message_completed(message_data(message, with_reactions=True)))
                 return Finished(stored=False)
-            locked.touch(now)
             message.content, message.status, message.error = content, status, error
             message.completed_at, message.worker_id = now, ""
             if metadata:
                 message.metadata = {**message.metadata, **metadata}
             message.save(update_fields=["content", "status", "error", "completed_at", "worker_id", "metadata"])
+            totals = _account([(session_id, locked.session.owner_id, message.metadata)], now)
             if tool_calls:
                 agentic.tool_calls_record(reply=message, calls=tool_calls)
-            outbox.frame(session_id, events.message_completed(message_data(message, with_reactions=True)))
+            outbox.frame(session_id, events.message_completed(message_data(message, with_reactions=True), totals.get(session_id)))
     except NotFound:
         return Finished(stored=False)  # the session was deleted meanwhile, its messages with it
     return Finished(stored=True, advance=bool(tool_calls) and status == Message.Status.COMPLETE)
@@ -129,7 +150,7 @@ def reply_finish_many(requests: Sequence[FinishRequest]) -> list[Finished | Exce
 
     The same outcome as `reply_finish` for each, with one statement locking every session (in id
     order), one UPDATE storing every end, one SELECT of their reactions, one UPDATE of the
-    sessions' activity and one commit, however many replies end together (group commit). Replies
+    sessions' activity and tokens, one upsert of the owners' day totals and one commit, however many replies end together (group commit). Replies
     with tool calls to record, without their starting row, or no longer streaming take
     `reply_finish` one by one, after the group. One alone takes `reply_finish` at once.
     """
@@ -153,7 +174,7 @@ def reply_finish_many(requests: Sequence[FinishRequest]) -> list[Finished | Exce
                 merged[i] = {**r.placeholder.metadata, **r.metadata} if r.metadata else r.placeholder.metadata
                 ends.append(rows.ReplyEnd(r.message_id, r.content, r.status, r.error, merged[i]))
             stored = rows.replies_end(ends, now)
-            rows.sessions_touch({requests[i].session_id for i in live if requests[i].message_id in stored}, now)
+            totals = _account([(requests[i].session_id, owners[requests[i].session_id], merged[i]) for i in live if requests[i].message_id in stored], now)
             reactions = rows.reactions_of_many(stored)
             for i in live:
                 r = requests[i]
@@ -163,7 +184,7 @@ def reply_finish_many(requests: Sequence[FinishRequest]) -> list[Finished | Exce
                 assert r.placeholder is not None
                 message = _ended(r.placeholder, r.content, r.status, r.error, now, merged[i])
                 data = message_data(message, owners[r.session_id], reactions=reactions[r.message_id])
-                outbox.frame(r.session_id, events.message_completed(data))
+                outbox.frame(r.session_id, events.message_completed(data, totals.get(r.session_id)))
                 results[i] = Finished(stored=True)
     for i in sorted(alone):
         try:

@@ -14,18 +14,19 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework.authtoken.models import Token
 
-from chat.models import Agent, Approval, Message, Plan, Reaction, ToolCall
+from chat.models import Agent, Approval, Message, Plan, Reaction, TokenBudget, ToolCall, UsageDay
 from sessions_app.models import ChatSession
 
 ENDED_CALLS = ("done", "failed", "rejected", "superseded")
@@ -105,6 +106,8 @@ class SessionRow:
     open_plans: bool = False
     seen_client_id: uuid.UUID | None = None
     owner_streaming: int = 0  # replies of the session's owner streaming now, in any session
+    owner_tokens_today: int = 0  # tokens of the owner's replies today (UsageDay)
+    owner_budget: int | None = None  # the owner's own daily token budget (TokenBudget), None: the setting's
 
 
 def _session_from(values: Sequence[Any]) -> ChatSession:
@@ -164,19 +167,26 @@ def lock_for_turns(requests: Sequence[tuple[uuid.UUID, int, str | None]]) -> dic
         f", EXISTS(SELECT 1 FROM {p} p WHERE p.{_col(Plan, 'session')} = {sid} AND p.{_col(Plan, 'status')} IN (%s, %s))"
         f", (SELECT m.{_col(Message, 'id')} FROM {m} m WHERE m.{_col(Message, 'session')} = {sid} AND m.{_col(Message, 'client_id')} = r.client_id)"
         f", {owner_streaming}"
+        f", (SELECT u.{_col(UsageDay, 'prompt_tokens')} + u.{_col(UsageDay, 'completion_tokens')} FROM {_table(UsageDay)} u"
+        f" WHERE u.{_col(UsageDay, 'user')} = r.owner AND u.{_col(UsageDay, 'day')} = %s)"
+        f", (SELECT b.{_col(TokenBudget, 'daily_tokens')} FROM {_table(TokenBudget)} b WHERE b.{_col(TokenBudget, 'user')} = r.owner)"
         f" FROM {s} s JOIN r ON {sid} = r.sid AND s.{_col(ChatSession, 'owner')} = r.owner ORDER BY {sid}{_lock_clause()}"
     )
     params: list[Any] = []
     for session_id, owner_id, client_id in requests:
         params += [_uuid(session_id), owner_id, client_id]
     params += [Message.Status.STREAMING, *ENDED_CALLS, *OPEN_PLANS] + ([Message.Status.STREAMING] if cap > 0 else [])
+    params.append(UsageDay._meta.get_field("day").get_db_prep_save(timezone.localdate(), connection))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         found = cursor.fetchall()
     rows: dict[uuid.UUID, SessionRow] = {}
     for row in found:
         session = _session_from(row[:6])
-        rows[session.pk] = SessionRow(session, bool(row[6]), bool(row[7]), bool(row[8]), to_uuid(row[9]) if row[9] is not None else None, int(row[10]))
+        rows[session.pk] = SessionRow(
+            session, bool(row[6]), bool(row[7]), bool(row[8]), to_uuid(row[9]) if row[9] is not None else None, int(row[10]),
+            int(row[11] or 0), int(row[12]) if row[12] is not None else None,
+        )
     return rows
 
 
@@ -217,6 +227,8 @@ class Opened:
     agent_slug: str | None
     streaming: bool
     waiting: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 def session_for_socket(*, session_id: uuid.UUID, owner_id: int) -> Opened | None:
@@ -227,6 +239,7 @@ def session_for_socket(*, session_id: uuid.UUID, owner_id: int) -> Opened | None
     columns = ", ".join(f"s.{_col(ChatSession, f)}" for f in SESSION_FIELDS)
     sql = (
         f"SELECT {columns}, s.{_col(ChatSession, 'title')}, s.{_col(ChatSession, 'created_at')}, s.{_col(ChatSession, 'updated_at')}, g.{_col(Agent, 'slug')}"
+        f", s.{_col(ChatSession, 'prompt_tokens')}, s.{_col(ChatSession, 'completion_tokens')}"
         f", EXISTS(SELECT 1 FROM {m} m WHERE m.{_col(Message, 'session')} = {sid} AND m.{_col(Message, 'status')} = %s)"
         f", EXISTS(SELECT 1 FROM {t} t WHERE t.{_col(ToolCall, 'session')} = {sid} AND t.{_col(ToolCall, 'status')} = %s)"
         f", EXISTS(SELECT 1 FROM {a} a WHERE a.{_col(approval, 'session')} = {sid} AND a.{_col(approval, 'status')} = %s)"
@@ -242,7 +255,7 @@ def session_for_socket(*, session_id: uuid.UUID, owner_id: int) -> Opened | None
         return None
     return Opened(
         session=_session_from(row[:6]), title=row[6], created_at=to_datetime(row[7]), updated_at=to_datetime(row[8]), agent_slug=row[9],
-        streaming=bool(row[10]), waiting=bool(row[11] or row[12] or row[13]),
+        prompt_tokens=int(row[10]), completion_tokens=int(row[11]), streaming=bool(row[12]), waiting=bool(row[13] or row[14] or row[15]),
     )
 
 
@@ -341,14 +354,49 @@ def lock_sessions(session_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, int]:
         return {to_uuid(session_id): owner_id for session_id, owner_id in cursor.fetchall()}
 
 
-def sessions_touch(session_ids: Collection[uuid.UUID], when: datetime) -> None:
-    """Mark activity on several (locked) session rows: one UPDATE."""
-    if not session_ids:
-        return
-    marks = ", ".join(["%s"] * len(session_ids))
-    params = [ChatSession._meta.get_field("updated_at").get_db_prep_save(when, connection), *(_uuid(i) for i in session_ids)]
+def sessions_finish(adds: Mapping[uuid.UUID, tuple[int, int]], when: datetime) -> dict[uuid.UUID, tuple[int, int]]:
+    """Mark activity on several (locked) session rows and add their replies' (prompt, completion) tokens: one UPDATE.
+
+    The sessions' token totals afterwards, by id (missing sessions are left out).
+    """
+    if not adds:
+        return {}
+    s, sid = _table(ChatSession), _col(ChatSession, "id")
+    prompt, completion = _col(ChatSession, "prompt_tokens"), _col(ChatSession, "completion_tokens")
+    keys = [_uuid(session_id) for session_id in adds]
+    assignments = [f"{_col(ChatSession, 'updated_at')} = %s"]
+    params: list[Any] = [ChatSession._meta.get_field("updated_at").get_db_prep_save(when, connection)]
+    counted = [(key, tokens) for key, tokens in zip(keys, adds.values(), strict=True) if tokens != (0, 0)]
+    for column, part in ((prompt, 0), (completion, 1)):
+        if counted:
+            assignments.append(f"{column} = {column} + CASE {sid} " + " ".join(["WHEN %s THEN %s"] * len(counted)) + " ELSE 0 END")
+            for key, tokens in counted:
+                params += [key, tokens[part]]
+    where = f"{sid} IN ({', '.join(['%s'] * len(keys))})"
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {_table(ChatSession)} SET {_col(ChatSession, 'updated_at')} = %s WHERE {_col(ChatSession, 'id')} IN ({marks})", params)
+        if connection.vendor == "sqlite" and connection.Database.sqlite_version_info < (3, 35):  # no RETURNING: read after (under the locks)
+            cursor.execute(f"UPDATE {s} SET {', '.join(assignments)} WHERE {where}", [*params, *keys])
+            cursor.execute(f"SELECT {sid}, {prompt}, {completion} FROM {s} WHERE {where}", keys)
+        else:
+            cursor.execute(f"UPDATE {s} SET {', '.join(assignments)} WHERE {where} RETURNING {sid}, {prompt}, {completion}", [*params, *keys])
+        return {to_uuid(session_id): (int(p), int(c)) for session_id, p, c in cursor.fetchall()}
+
+
+def usage_add(adds: Mapping[tuple[int, date], tuple[int, int, int]]) -> None:
+    """Add (prompt tokens, completion tokens, replies) to users' day totals, (user, day) each: one upsert."""
+    if not adds:
+        return
+    u = _table(UsageDay)
+    columns = [_col(UsageDay, name) for name in ("user", "day", "prompt_tokens", "completion_tokens", "replies")]
+    day = UsageDay._meta.get_field("day")
+    params: list[Any] = []
+    for (user_id, when), (prompt, completion, replies) in adds.items():
+        params += [user_id, day.get_db_prep_save(when, connection), prompt, completion, replies]
+    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(adds))
+    sums = ", ".join(f"{c} = {u}.{c} + excluded.{c}" for c in columns[2:])
+    sql = f"INSERT INTO {u} ({', '.join(columns)}) VALUES {values} ON CONFLICT ({columns[0]}, {columns[1]}) DO UPDATE SET {sums}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 
+from chat import usage
 from chat.exceptions import NotFound
 from chat.models import Message
 from chat.serializers import iso_datetime
@@ -42,6 +43,7 @@ def session_snapshot(*, user: AbstractBaseUser, session_id: uuid.UUID, running_h
         "session": {
             "id": str(session.pk), "title": opened.title, "mode": session.mode, "agent": opened.agent_slug,
             "created_at": iso_datetime(opened.created_at), "updated_at": iso_datetime(opened.updated_at), "message_count": session.message_count,
+            "usage": usage.as_data(opened.prompt_tokens, opened.completion_tokens),
         },
         "last_seq": session.seq,
         "active": [{"message_id": str(m.pk), "offset": len(m.content), "content": m.content} for m in active],

@@ -148,6 +148,8 @@ def turn_start_many(requests: list[TurnRequest]) -> list[Turn | ChatError]:
                 results[index] = Busy("A reply is already running in this session; wait for it or cancel it.")
             elif request.reply and (full := budget.replies_full(checks.owner_streaming + replying.get(request.user.pk, 0))):
                 results[index] = full
+            elif request.reply and (spent := budget.tokens_spent(checks.owner_tokens_today, checks.owner_budget)):
+                results[index] = spent
             else:
                 if request.reply:
                     replying[request.user.pk] = replying.get(request.user.pk, 0) + 1
@@ -185,6 +187,8 @@ def _turn_start_alone(request: TurnRequest) -> Turn:
             raise Busy("A reply is already running in this session; wait for it or cancel it.")
         if request.reply and (full := budget.replies_full(checks.owner_streaming)):
             raise full
+        if request.reply and (spent := budget.tokens_spent(checks.owner_tokens_today, checks.owner_budget)):
+            raise spent
         if checks.open_calls or checks.open_plans:
             # Busy while a tool or plan runs (a message without a reply too: it would land between a
             # tool call and its result); what waits for the user is superseded by this message.

@@ -12,7 +12,7 @@ API = "/api/v1"
 SESSIONS = f"{API}/sessions/"
 MESSAGES = f"{API}/messages/"
 
-SESSION_KEYS = {"id", "title", "mode", "agent", "created_at", "updated_at", "message_count"}
+SESSION_KEYS = {"id", "title", "mode", "agent", "created_at", "updated_at", "message_count", "usage"}
 MESSAGE_KEYS = {
     "id", "session", "seq", "role", "type", "content", "status", "agent", "client_id",
     "reply_to", "metadata", "error", "reactions", "created_at", "completed_at",
