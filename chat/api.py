@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.utils import timezone
+from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -9,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import idempotency, selectors, tools, usage
+from chat import idempotency, search, selectors, tools, usage
 from chat.serializers import (
     AgentSerializer,
     ErrorSerializer,
@@ -17,6 +18,7 @@ from chat.serializers import (
     MessageSerializer,
     ReactionCreateSerializer,
     ReactionsResponseSerializer,
+    SearchPageSerializer,
     UsageSerializer,
 )
 from chat.turn import reactions, turns
@@ -132,3 +134,50 @@ class Usage(APIView):
             "days": rows,
         }
         return Response(UsageSerializer(data).data)
+
+
+def _whole(request: Request, name: str, default: int, low: int, high: int) -> int:
+    given = request.query_params.getlist(name)
+    if not given:
+        return default
+    if len(given) > 1 or not (given[0].isascii() and given[0].isdigit() and low <= int(given[0]) <= high):
+        raise ValidationError({name: [f"Must be a whole number from {low} to {high}, given once."]})
+    return int(given[0])
+
+
+class Search(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("q", OpenApiTypes.STR, required=True, description="Words to find (each a prefix, all required; up to 10 words)."),
+            OpenApiParameter("limit", OpenApiTypes.INT, description="Results per page (1 to 50; default 20)."),
+            OpenApiParameter("offset", OpenApiTypes.INT, description=f"Results to skip (0 to {search.MAX_OFFSET})."),
+        ],
+        responses={200: SearchPageSerializer, 400: ErrorSerializer},
+        operation_id="search_messages",
+    )
+    def get(self, request: Request) -> Response:
+        """Full-text search over the user's own finished text messages, across their sessions, best match first."""
+        q = request.query_params.getlist("q")
+        if len(q) != 1:
+            raise ValidationError({"q": ["Give the words to search for, once."]})
+        limit = _whole(request, "limit", 20, 1, 50)
+        offset = _whole(request, "offset", 0, 0, search.MAX_OFFSET)
+        hits = search.search_messages(user_id=request.user.pk, q=q[0], limit=limit + 1, offset=offset)
+
+        def page(at: int) -> str:
+            return request.build_absolute_uri(f"{request.path}?{urlencode({'q': q[0], 'limit': limit, 'offset': at})}")
+
+        more = len(hits) > limit and offset + limit <= search.MAX_OFFSET
+        data = {
+            "next": page(offset + limit) if more else None,
+            "previous": page(max(0, offset - limit)) if offset > 0 else None,
+            "results": [
+                {
+                    "message": {"id": h.message_id, "session": h.session_id, "seq": h.seq, "role": h.role, "created_at": h.created_at},
+                    "session": {"id": h.session_id, "title": h.session_title},
+                    "snippet": h.snippet, "highlights": [list(r) for r in h.highlights], "rank": h.rank,
+                }
+                for h in hits[:limit]
+            ],
+        }
+        return Response(SearchPageSerializer(data).data)

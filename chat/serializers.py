@@ -204,3 +204,31 @@ class UsageSerializer(serializers.Serializer):
     today = UsageDaySerializer()
     remaining_today = serializers.IntegerField(allow_null=True, help_text="Tokens left today; null when there is no budget.")
     days = UsageDaySerializer(many=True, help_text="Newest first; days without usage are left out.")
+
+
+class SearchHitSerializer(serializers.Serializer):
+    class HitMessage(serializers.Serializer):
+        id = serializers.UUIDField()
+        session = serializers.UUIDField()
+        seq = serializers.IntegerField()
+        role = serializers.CharField()
+        created_at = serializers.DateTimeField(allow_null=True)
+
+    class HitSession(serializers.Serializer):
+        id = serializers.UUIDField()
+        title = serializers.CharField(allow_blank=True)
+
+    message = HitMessage()
+    session = HitSession()
+    snippet = serializers.CharField(allow_blank=True, help_text="Plain text around the matches (never markup).")
+    highlights = serializers.ListField(
+        child=serializers.ListField(child=serializers.IntegerField(), min_length=2, max_length=2),
+        help_text="[start, end) character ranges of `snippet` that matched.",
+    )
+    rank = serializers.FloatField(help_text="Higher is better; comparable within one search only.")
+
+
+class SearchPageSerializer(serializers.Serializer):
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+    results = SearchHitSerializer(many=True)

@@ -65,6 +65,7 @@ api_v1 = [
     path("agents/", chat_api.AgentList.as_view(), name="agents"),
     path("tools/", chat_api.ToolList.as_view(), name="tools"),
     path("usage/", chat_api.Usage.as_view(), name="usage"),
+    path("search/", chat_api.Search.as_view(), name="search"),
     path("sessions/", sessions_api.SessionListCreate.as_view(), name="sessions"),
     path("sessions/<str:session_id>/", sessions_api.SessionDetail.as_view(), name="session-detail"),
     path("sessions/<str:session_id>/messages/", sessions_api.SessionMessages.as_view(), name="session-messages"),

@@ -295,3 +295,31 @@ def test_server_restart_reconnects_and_marks_the_reply_interrupted(chat_page, li
     # The page is usable again on the new server.
     chat.send("after the restart")
     chat.wait_status(chat.last_reply(), "complete")
+
+
+def test_the_header_shows_the_chats_tokens_and_every_tab_keeps_them_current(chat_page) -> None:  # type: ignore[no-untyped-def]
+    from sessions_app.models import ChatSession
+
+    expect = _expect()
+    chat: ChatPage = chat_page().login()
+    session_id = chat.new_chat()
+    usage = chat.page.locator("#session-usage")
+    expect(usage).to_be_hidden()  # a new chat has used nothing
+    other: ChatPage = chat_page().open(session_id)
+
+    def shown() -> str:
+        row = ChatSession.objects.get(pk=session_id)
+        total = row.prompt_tokens + row.completion_tokens
+        assert total > 0
+        return f"{total:,} tokens"
+
+    chat.send("Count my tokens, please")
+    chat.wait_status(chat.last_reply(), "complete")
+    expect(usage).to_have_text(shown())
+    expect(other.page.locator("#session-usage")).to_have_text(shown())  # the other tab saw the same reply end
+    chat.send("And these ones too")
+    chat.wait_status(chat.last_reply(), "complete")
+    expect(usage).to_have_text(shown())
+    assert "prompt" in (usage.get_attribute("title") or "")
+    chat.reload()
+    expect(chat.page.locator("#session-usage")).to_have_text(shown())

@@ -8,6 +8,7 @@
 import { api, relativeUrl, ApiError } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 import { ChatSocket } from "./socket.js";
+import { initSearch } from "./search.js";
 import { runClientTool } from "./tools.js";
 
 const EMOJIS = ["👍", "👎", "❤️", "😂", "🎉", "😮"];
@@ -26,6 +27,7 @@ const dom = {
   sessionsMore: $("sessions-more"),
   newSession: $("new-session"),
   title: $("session-title"),
+  usage: $("session-usage"),
   controls: $("session-controls"),
   mode: $("mode-select"),
   agent: $("agent-select"),
@@ -362,7 +364,20 @@ function renderHeader() {
   document.title = current ? `${sessionTitle(current)} · Chat` : "Chat";
   dom.controls.hidden = !current;
   if (current) dom.mode.value = current.mode || "orchestrated";
+  renderUsage(current);
   renderAgents();
+}
+
+// The chat's tokens, as its replies' providers reported them (the session's `usage`, kept
+// up to date by `message.completed`'s `session_usage`).
+function renderUsage(current) {
+  const usage = current && current.usage;
+  const total = usage ? usage.total_tokens : 0;
+  dom.usage.hidden = !total;
+  if (!total) return;
+  const number = (n) => n.toLocaleString("en-US");
+  dom.usage.textContent = `${number(total)} token${total === 1 ? "" : "s"}`;
+  dom.usage.title = `This chat so far: ${number(usage.prompt_tokens)} prompt + ${number(usage.completion_tokens)} completion tokens`;
 }
 
 function firstDirectAgent() {
@@ -1244,6 +1259,7 @@ function applyFrame(frame) {
     case "message.created":
     case "message.completed":
       if (frame.message) upsertMessage(frame.message);
+      if (frame.session_usage && state.current) upsertSession({ ...state.current, usage: frame.session_usage });
       if (frame.message && state.current && frame.message.role === "user") {
         upsertSession({ ...state.current, updated_at: frame.message.created_at || new Date().toISOString() });
       }
@@ -1383,6 +1399,36 @@ async function selectSession(id) {
   flushQueue(generation);
   scrollToBottom();
   maybeLoadOlder();
+}
+
+// A message found by search: open its chat, then read older pages until it is there (a progress
+// note while that takes), scroll to it and mark it for a moment.
+async function openMessage(sessionId, messageId) {
+  if (!state.current || state.current.id !== sessionId || !state.messages.has(messageId)) await selectSession(sessionId);
+  const generation = state.generation;
+  let pages = 0;
+  while (!state.messages.has(messageId) && state.olderUrl && generation === state.generation) {
+    if (state.loadingOlder) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      continue;
+    }
+    pages += 1;
+    if (pages > 1) showNotice(`Finding the message… (${pages} pages of history read)`);
+    await loadOlder();
+  }
+  if (generation !== state.generation) return;
+  const entry = state.messages.get(messageId);
+  if (!entry || !entry.el) {
+    showNotice("That message is no longer in this chat.");
+    return;
+  }
+  if (pages > 1) dom.notice.hidden = true;
+  history.replaceState(null, "", `${location.pathname}?s=${encodeURIComponent(sessionId)}&m=${encodeURIComponent(messageId)}`);
+  entry.el.scrollIntoView({ block: "center" });
+  entry.el.classList.remove("msg--found");
+  void entry.el.offsetWidth; // restart the animation when the same message is opened again
+  entry.el.classList.add("msg--found");
+  setSidebar(false);
 }
 
 function waitForReady(timeout) {
@@ -1532,9 +1578,11 @@ async function start() {
   } catch (err) {
     showNotice(errorText(err));
   }
-  const wanted = new URLSearchParams(location.search).get("s");
+  const params = new URLSearchParams(location.search);
+  const wanted = params.get("s");
   const first = sortedSessions()[0];
-  if (wanted) await selectSession(wanted);
+  if (wanted && params.get("m")) await openMessage(wanted, params.get("m"));
+  else if (wanted) await selectSession(wanted);
   else if (first) await selectSession(first.id);
   else {
     renderHeader();
@@ -1543,4 +1591,5 @@ async function start() {
   if (!dom.input.disabled) dom.input.focus();
 }
 
+initSearch({ onOpen: openMessage, errorText });
 start();
