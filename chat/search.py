@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from django.db import connection, transaction
+from django.db import connection
 from django.utils.dateparse import parse_datetime
 
 from chat.exceptions import InvalidInput
@@ -39,7 +39,6 @@ MAX_OFFSET = 1000  # ranked results are read to this depth at most
 # A search ranks the user's newest CANDIDATES matches: a word found in most of a million messages
 # costs no more to rank than a rare one (bench/search.py). Results go as deep as MAX_OFFSET + a page.
 CANDIDATES = 2000
-WORK_MEM = "32MB"
 SNIPPET_WORDS = 16
 # Marks around matches in the engines' snippets: characters of Unicode's private use area (chat text
 # has no business holding them; one that does shows as a stray highlight, never as markup).
@@ -103,21 +102,19 @@ def _postgres(user_id: int, words: list[str], limit: int, offset: int) -> list[H
     vector = f"to_tsvector('simple', m.{c['m_content']})"
     sql = (
         # The newest CANDIDATES matches of the user's (the same expression and predicate as the index, chat.0008,
-        # so the planner can use it), ranked; the snippet is made for the page's rows only.
-        f"WITH hits AS MATERIALIZED (SELECT m.{c['m_id']} AS id, m.{c['m_session']} AS session_id, m.{c['m_seq']} AS seq,"
-        f" m.{c['m_role']} AS role, m.{c['m_created_at']} AS created_at, m.{c['m_content']} AS content"
-        f" FROM {c['messages']} m JOIN {c['sessions']} s ON s.{c['s_id']} = m.{c['m_session']}"
+        # so the planner can use it; only their ids and times are sorted), ranked; snippets for the page's rows only.
+        f"WITH hits AS MATERIALIZED (SELECT m.{c['m_id']} AS id FROM {c['messages']} m JOIN {c['sessions']} s ON s.{c['s_id']} = m.{c['m_session']}"
         f" WHERE {vector} @@ to_tsquery('simple', %s) AND m.{c['m_type']} = 'text' AND m.{c['m_status']} <> 'streaming' AND s.{c['s_owner']} = %s"
         f" ORDER BY m.{c['m_created_at']} DESC LIMIT %s),"
-        f" ranked AS MATERIALIZED (SELECT hits.*, ts_rank(to_tsvector('simple', hits.content), query) AS rank, query"
-        f" FROM hits, to_tsquery('simple', %s) query ORDER BY rank DESC, hits.created_at DESC, hits.id LIMIT %s OFFSET %s)"
+        f" ranked AS MATERIALIZED (SELECT m.{c['m_id']} AS id, m.{c['m_session']} AS session_id, m.{c['m_seq']} AS seq, m.{c['m_role']} AS role,"
+        f" m.{c['m_created_at']} AS created_at, m.{c['m_content']} AS content, ts_rank({vector}, query) AS rank, query"
+        f" FROM hits JOIN {c['messages']} m ON m.{c['m_id']} = hits.id, to_tsquery('simple', %s) query"
+        f" ORDER BY rank DESC, m.{c['m_created_at']} DESC, m.{c['m_id']} LIMIT %s OFFSET %s)"
         f" SELECT r.id, r.session_id, s.{c['s_title']}, r.seq, r.role, r.created_at, ts_headline('simple', r.content, r.query, %s), r.rank"
         f" FROM ranked r JOIN {c['sessions']} s ON s.{c['s_id']} = r.session_id ORDER BY r.rank DESC, r.created_at DESC, r.id"
     )
     options = f"StartSel={_OPEN}, StopSel={_CLOSE}, MaxWords={SNIPPET_WORDS}, MinWords={SNIPPET_WORDS // 2}, ShortWord=0, MaxFragments=2, FragmentDelimiter=\" … \""
-    with transaction.atomic(), connection.cursor() as cursor:
-        # Enough memory that the index's bitmap of a common word stays exact (no text parsed again per row).
-        cursor.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+    with connection.cursor() as cursor:
         cursor.execute(sql, [tsquery, user_id, CANDIDATES, tsquery, limit, offset, options])
         rows = cursor.fetchall()
     return [_hit(row, float(row[7])) for row in rows]
@@ -126,12 +123,12 @@ def _postgres(user_id: int, words: list[str], limit: int, offset: int) -> list[H
 def _sqlite(user_id: int, words: list[str], limit: int, offset: int) -> list[Hit]:
     c = _cols()
     match = " AND ".join(f'"{w}"*' for w in words)
-    sql = (
-        # FTS5 walks the matches newest first (rowid order) and stops at the user's CANDIDATES newest; bm25 and
-        # the snippet are computed for those only, then the best of them come first.
-        f"SELECT h.id, h.session_id, s.{c['s_title']}, h.seq, h.role, h.created_at, h.snippet, h.rank FROM ("
-        f"SELECT m.{c['m_id']} AS id, m.{c['m_session']} AS session_id, m.{c['m_seq']} AS seq, m.{c['m_role']} AS role,"
-        f" m.{c['m_created_at']} AS created_at, snippet(chat_message_fts, 0, %s, %s, '…', %s) AS snippet, bm25(chat_message_fts) AS rank"
+    ranked = (
+        # FTS5 walks the matches newest first (rowid order) and stops at the user's CANDIDATES newest; bm25 is
+        # computed for those only, then the best of them come first.
+        f"SELECT h.r, h.id, h.session_id, s.{c['s_title']}, h.seq, h.role, h.created_at, h.rank FROM ("
+        f"SELECT chat_message_fts.rowid AS r, m.{c['m_id']} AS id, m.{c['m_session']} AS session_id, m.{c['m_seq']} AS seq,"
+        f" m.{c['m_role']} AS role, m.{c['m_created_at']} AS created_at, bm25(chat_message_fts) AS rank"
         f" FROM chat_message_fts JOIN {c['messages']} m ON m.rowid = chat_message_fts.rowid"
         f" JOIN {c['sessions']} s ON s.{c['s_id']} = m.{c['m_session']}"
         f" WHERE chat_message_fts MATCH %s AND s.{c['s_owner']} = %s ORDER BY chat_message_fts.rowid DESC LIMIT %s) h"
@@ -139,9 +136,19 @@ def _sqlite(user_id: int, words: list[str], limit: int, offset: int) -> list[Hit
         f" ORDER BY h.rank, h.created_at DESC, h.id LIMIT %s OFFSET %s"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [_OPEN, _CLOSE, SNIPPET_WORDS, match, user_id, CANDIDATES, limit, offset])
+        cursor.execute(ranked, [match, user_id, CANDIDATES, limit, offset])
         rows = cursor.fetchall()
-    return [_hit(row, -float(row[7])) for row in rows]  # bm25: lower is better; the answer says higher is better
+        snippets: dict[int, str] = {}
+        if rows:
+            # The snippets of the page's rows only (snippet() needs the MATCH: a second, small statement).
+            marks = ", ".join(["%s"] * len(rows))
+            cursor.execute(
+                f"SELECT rowid, snippet(chat_message_fts, 0, %s, %s, '…', %s) FROM chat_message_fts WHERE chat_message_fts MATCH %s AND rowid IN ({marks})",
+                [_OPEN, _CLOSE, SNIPPET_WORDS, match, *(row[0] for row in rows)],
+            )
+            snippets = dict(cursor.fetchall())
+    # bm25: lower is better; the answer says higher is better.
+    return [_hit((*row[1:7], snippets.get(row[0], ""), row[7]), -float(row[7])) for row in rows]
 
 
 def _hit(row: tuple, rank: float) -> Hit:
