@@ -19,6 +19,28 @@ from chat.providers.base import ProviderError, ProviderEvent, ReplyContext
 # `/slow N` at the start of the message; what follows it is ignored, as for every command.
 _SLOW = re.compile(r"^/slow(?:\s+(\d+))?(?:\s|$)")
 _TOOL = re.compile(r"^/tool\s+([\w.-]+)\s*(.*)$", re.DOTALL)
+_LONG = re.compile(r"^/long(?:\s+(\d+))?(?:\s|$)")
+LONG_MAX = 200_000
+LONG_PIECE = 200  # characters a piece of /long (about a line)
+
+
+def long_markdown(chars: int) -> str:
+    """`chars` characters of Markdown: sections with a heading, paragraphs, a list and a code block, numbered."""
+    parts: list[str] = []
+    size, k = 0, 0
+    while size < chars:
+        k += 1
+        section = (
+            f"## Part {k}\n\n"
+            f"This is paragraph one of part {k}. It has **bold** and *italic* words, `inline code` and a "
+            f"[link](https://example.com/{k}) so that every kind of inline markup is rendered while the reply streams.\n\n"
+            f"- first point of part {k}\n- second point, a little longer than the first\n- third point\n\n"
+            f"```python\ndef part_{k}():\n    return {k} * {k}\n```\n\n"
+            f"A closing paragraph for part {k}, plain text only, to give the renderer a block after the code.\n\n"
+        )
+        parts.append(section)
+        size += len(section)
+    return "".join(parts)[:chars]
 
 
 def _words(text: str) -> list[str]:
@@ -84,6 +106,15 @@ class DemoProvider:
                     await asyncio.sleep(settings.CHAT["DEMO_SLOW_DELAY"])
                 yield ProviderEvent("text", f"chunk {i} ")
             yield ProviderEvent("usage", data={"prompt_tokens": len(prompt.split()), "completion_tokens": count})
+            return
+        long = _LONG.match(prompt)
+        if long:
+            text = long_markdown(min(max(int(long.group(1) or 20_000), 1), LONG_MAX))
+            for first in range(0, len(text), LONG_PIECE):
+                if first:
+                    await asyncio.sleep(delay)
+                yield ProviderEvent("text", text[first : first + LONG_PIECE])
+            yield ProviderEvent("usage", data={"prompt_tokens": len(prompt.split()), "completion_tokens": len(text) // 4})
             return
         if prompt == "/fail" or prompt.startswith("/fail "):
             async for event in self._say("Starting to answer, then the demo provider fails", delay):

@@ -323,3 +323,35 @@ def test_the_header_shows_the_chats_tokens_and_every_tab_keeps_them_current(chat
     assert "prompt" in (usage.get_attribute("title") or "")
     chat.reload()
     expect(chat.page.locator("#session-usage")).to_have_text(shown())
+
+
+def test_a_long_reply_keeps_its_settled_blocks_while_it_streams_and_ends_rendered_whole(chat_page) -> None:  # type: ignore[no-untyped-def]
+    chat: ChatPage = chat_page().login()
+    session_id = chat.new_chat()
+    chat.send("/long 16000")  # 80 pieces of 200 characters, 40 ms apart at the test server's pace
+    reply = chat.last_reply()
+    # A settled heading, taken while the reply streams: it must stay the very same node (rendered once).
+    chat.page.wait_for_function(
+        """() => {
+            const m = [...document.querySelectorAll('#messages article.msg[data-role=assistant]')].pop();
+            const h = m && m.dataset.status === 'streaming' && m.querySelectorAll('.md-stable h2')[1];
+            if (h) window.__settled = h;
+            return !!h;
+        }"""
+    )
+    chat.page.wait_for_function(
+        """() => {
+            const m = [...document.querySelectorAll('#messages article.msg[data-role=assistant]')].pop();
+            return m.dataset.status === 'streaming' && m.querySelectorAll('.md-stable h2').length >= 6;
+        }"""
+    )
+    assert chat.page.evaluate("() => window.__settled.isConnected && window.__settled.textContent") == "Part 2"
+    chat.wait_status(reply, "complete")
+    saved = saved_messages(session_id)[-1]
+    assert saved.status == "complete" and len(saved.content) == 16000
+    assert reply.get_attribute("data-length") == "16000"
+    # Ended: rendered whole, once, from the saved text.
+    assert reply.locator(".md-stable, .md-tail").count() == 0
+    assert reply.locator(".msg__body h2").count() == saved.content.count("## Part")
+    assert reply.locator(".msg__body pre code").count() == saved.content.count("```python")
+    assert not chat.page.evaluate("() => window.__settled.isConnected")

@@ -625,7 +625,7 @@ function renderMessage(entry) {
   } else if (!entry.text && data.status === "streaming") {
     body.replaceChildren(h("span", { class: "typing", "aria-label": "Writing a reply" }, h("span"), h("span"), h("span")));
   } else {
-    body.replaceChildren(renderMarkdown(entry.text));
+    renderReplyBody(entry, body, data.status === "streaming");
   }
   body.classList.toggle("msg__body--streaming", data.status === "streaming" && !!entry.text);
   const error = el.querySelector(".msg__error");
@@ -633,6 +633,56 @@ function renderMessage(entry) {
   error.textContent = data.error || "";
   renderReactions(entry);
   if (stick) scrollToBottom();
+}
+
+// A streaming reply is rendered in two parts: the blocks that can no longer change (everything up
+// to the last blank line outside a code fence), each rendered once and kept, and the tail after
+// them, rendered again on every frame. Rendering the whole reply on every frame is quadratic in
+// its length: a 50,000-character reply would spend the stream re-parsing what it showed already.
+// Once the reply has ended it is rendered whole, once (where a list or a reference link spans a
+// blank line, that is the form that counts).
+function renderReplyBody(entry, body, streaming) {
+  if (!streaming) {
+    entry.blocks = null;
+    body.replaceChildren(renderMarkdown(entry.text));
+    return;
+  }
+  let blocks = entry.blocks;
+  if (!blocks || blocks.stable.parentNode !== body || !entry.text.startsWith(blocks.text)) {
+    // First render, or the text was replaced (a snapshot): start over.
+    blocks = entry.blocks = { text: "", end: 0, stable: h("div", { class: "md-stable" }), tail: h("div", { class: "md-tail" }) };
+    body.replaceChildren(blocks.stable, blocks.tail);
+  }
+  const end = stableEnd(entry.text, blocks.end);
+  if (end > blocks.end) {
+    blocks.stable.append(renderMarkdown(entry.text.slice(blocks.end, end)));
+    blocks.end = end;
+    blocks.text = entry.text.slice(0, end);
+  }
+  blocks.tail.replaceChildren(renderMarkdown(entry.text.slice(end)));
+}
+
+// Where the settled blocks of `text` end, looking from `from` (itself such an end): just after
+// the last blank line that is outside a fenced code block and followed by a whole line.
+const FENCE = /^ {0,3}(`{3,}|~{3,})/;
+function stableEnd(text, from) {
+  let end = from;
+  let fence = null;
+  let at = from;
+  for (;;) {
+    const newline = text.indexOf("\n", at);
+    if (newline === -1) return end; // the last line is still being written
+    const line = text.slice(at, newline);
+    const mark = FENCE.exec(line);
+    if (fence) {
+      if (mark && mark[1][0] === fence[0] && mark[1].length >= fence.length && line.trim() === mark[1]) fence = null;
+    } else if (mark) {
+      fence = mark[1];
+    } else if (!line.trim() && at > from) {
+      end = newline + 1;
+    }
+    at = newline + 1;
+  }
 }
 
 function scheduleRender(entry) {
