@@ -3,7 +3,8 @@
 For each backend a fresh database (SQLite in a temporary file, PostgreSQL in a throwaway
 `histbench_<random>` database, as bench/history.py makes them) is migrated and filled with one
 user's messages, 100 sessions of 10,000 (`--messages` changes the total), plus a second user with
-a tenth as many (never found: each answer is checked). The text is made of words drawn from a
+a tenth as many, all older (never found in the first user's answers, nor the first user's in
+theirs: each answer is checked). The text is made of words drawn from a
 vocabulary of 20,000 made-up words with Zipf's law (word k about 1/k as often as the first), 12
 words a message, seeded, so every run searches the same text.
 
@@ -16,9 +17,9 @@ Each search goes through the real API in-process (DRF's `APIClient`, `DEBUG=0`):
 requests, then at least `--requests` timed ones (p50 and p95 of the whole request, in ms), for:
 
 - a rare word (rank 15,000: a few hundred messages), a middling one (rank 300), the most common
-  one (rank 1: in about a tenth of all messages), two words together, a prefix, and a word
+  one (rank 1: in about two thirds of all messages), two words together, a prefix, and a word
   that is nowhere; each the first page (20 results), and the common word's last page
-  (offset 1,000).
+  (offset 1,000); then the second user's rare and common word.
 
     .venv/bin/python bench/search.py --backends sqlite,pg --json /tmp/search.json
 """
@@ -74,6 +75,11 @@ SEARCHES = [
     ("no match", {"q": "zzzqqq"}),
     ("common, offset 1000", {"q": word(1), "offset": "1000"}),
 ]
+
+
+# The second user (a tenth as many messages, all older than the first user's) searching their own.
+OTHER = "other user: "
+OTHER_SEARCHES = [(OTHER + "rare word", {"q": word(15_000)}), (OTHER + "common word", {"q": word(1)})]
 
 
 def texts(seed: int) -> Any:
@@ -165,8 +171,9 @@ def child(backend: str, messages: int, requests: int, warmup: int, explain: bool
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("DROP INDEX chat_message_search")
-    fill(me.pk, messages // SESSION_SIZE, gen)
+    # The other user's messages are the older ones: their search must get past the big user's newer matches.
     fill(other.pk, max(1, messages // SESSION_SIZE // 10), gen)
+    fill(me.pk, messages // SESSION_SIZE, gen)
     seconds["insert_s"] = time.perf_counter() - started
     started = time.perf_counter()
     with connection.cursor() as cursor:
@@ -176,24 +183,28 @@ def child(backend: str, messages: int, requests: int, warmup: int, explain: bool
     seconds["index_s"] = time.perf_counter() - started
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=me).key}")
+    small = APIClient()
+    small.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=other).key}")
     others = {str(s) for s in other.chat_sessions.values_list("pk", flat=True)}
+    mine = {str(s) for s in me.chat_sessions.values_list("pk", flat=True)}
     reads = []
-    for name, params in SEARCHES:
+    for name, params in SEARCHES + OTHER_SEARCHES:
+        who, foreign = (small, mine) if name.startswith(OTHER) else (client, others)
         times: list[float] = []
         count = 0
         for i in range(warmup + requests):
             t = time.perf_counter()
-            response = client.get("/api/v1/search/", params)
+            response = who.get("/api/v1/search/", params)
             elapsed = (time.perf_counter() - t) * 1000
             body = response.json()
             assert response.status_code == 200, body
-            assert not any(hit["session"]["id"] in others for hit in body["results"]), "another user's message was found"
+            assert not any(hit["session"]["id"] in foreign for hit in body["results"]), "another user's message was found"
             count = len(body["results"])
             if i >= warmup:
                 times.append(elapsed)
         read = {"search": name, "params": params, "results": count, "p50_ms": round(statistics.median(times), 1), "p95_ms": round(percentile(times, 95), 1)}
         if explain:
-            read["plan"] = plan_of(client, params)
+            read["plan"] = plan_of(who, params)
         reads.append(read)
     with connection.cursor() as cursor:
         cursor.execute("SELECT version()" if connection.vendor == "postgresql" else "SELECT 'SQLite ' || sqlite_version()")
@@ -239,7 +250,7 @@ def main() -> int:
     print(f"\n## Search at {args.messages:,} messages of one user ({datetime.now().strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores)\n")
     print("| search | " + " | ".join(f"{r['backend']} p50 / p95 ms (results)" for r in runs) + " |")
     print("|---|" + "---|" * len(runs))
-    for i, (name, params) in enumerate(SEARCHES):
+    for i, (name, params) in enumerate(SEARCHES + OTHER_SEARCHES):
         cells = [f"{r['reads'][i]['p50_ms']} / {r['reads'][i]['p95_ms']} ({r['reads'][i]['results']})" for r in runs]
         print(f"| {name} (`{params['q']}`{', offset ' + params['offset'] if 'offset' in params else ''}) | " + " | ".join(cells) + " |")
     print("\n" + "; ".join(f"{r['database'].split(' on ')[0]}: load {r['load_1m']}" for r in runs))

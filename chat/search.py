@@ -123,12 +123,12 @@ def _postgres(user_id: int, words: list[str], limit: int, offset: int) -> list[H
 def _sqlite(user_id: int, words: list[str], limit: int, offset: int) -> list[Hit]:
     c = _cols()
     match = " AND ".join(f'"{w}"*' for w in words)
-    ranked = (
-        # FTS5 walks the matches newest first (rowid order) and stops at the user's CANDIDATES newest; bm25 is
-        # computed for those only, then the best of them come first.
-        f"SELECT h.r, h.id, h.session_id, s.{c['s_title']}, h.seq, h.role, h.created_at, h.rank FROM ("
-        f"SELECT chat_message_fts.rowid AS r, m.{c['m_id']} AS id, m.{c['m_session']} AS session_id, m.{c['m_seq']} AS seq,"
-        f" m.{c['m_role']} AS role, m.{c['m_created_at']} AS created_at, bm25(chat_message_fts) AS rank"
+    sql = (
+        # FTS5 walks the matches newest first (rowid order) and stops at the user's CANDIDATES newest; bm25 and
+        # the snippet are computed for those only, then the best of them come first.
+        f"SELECT h.id, h.session_id, s.{c['s_title']}, h.seq, h.role, h.created_at, h.snippet, h.rank FROM ("
+        f"SELECT m.{c['m_id']} AS id, m.{c['m_session']} AS session_id, m.{c['m_seq']} AS seq, m.{c['m_role']} AS role,"
+        f" m.{c['m_created_at']} AS created_at, snippet(chat_message_fts, 0, %s, %s, '…', %s) AS snippet, bm25(chat_message_fts) AS rank"
         f" FROM chat_message_fts JOIN {c['messages']} m ON m.rowid = chat_message_fts.rowid"
         f" JOIN {c['sessions']} s ON s.{c['s_id']} = m.{c['m_session']}"
         f" WHERE chat_message_fts MATCH %s AND s.{c['s_owner']} = %s ORDER BY chat_message_fts.rowid DESC LIMIT %s) h"
@@ -136,19 +136,9 @@ def _sqlite(user_id: int, words: list[str], limit: int, offset: int) -> list[Hit
         f" ORDER BY h.rank, h.created_at DESC, h.id LIMIT %s OFFSET %s"
     )
     with connection.cursor() as cursor:
-        cursor.execute(ranked, [match, user_id, CANDIDATES, limit, offset])
+        cursor.execute(sql, [_OPEN, _CLOSE, SNIPPET_WORDS, match, user_id, CANDIDATES, limit, offset])
         rows = cursor.fetchall()
-        snippets: dict[int, str] = {}
-        if rows:
-            # The snippets of the page's rows only (snippet() needs the MATCH: a second, small statement).
-            marks = ", ".join(["%s"] * len(rows))
-            cursor.execute(
-                f"SELECT rowid, snippet(chat_message_fts, 0, %s, %s, '…', %s) FROM chat_message_fts WHERE chat_message_fts MATCH %s AND rowid IN ({marks})",
-                [_OPEN, _CLOSE, SNIPPET_WORDS, match, *(row[0] for row in rows)],
-            )
-            snippets = dict(cursor.fetchall())
-    # bm25: lower is better; the answer says higher is better.
-    return [_hit((*row[1:7], snippets.get(row[0], ""), row[7]), -float(row[7])) for row in rows]
+    return [_hit(row, -float(row[7])) for row in rows]  # bm25: lower is better; the answer says higher is better
 
 
 def _hit(row: tuple, rank: float) -> Hit:
