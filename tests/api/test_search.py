@@ -27,9 +27,10 @@ def marked(hit: dict) -> list[str]:
 def test_search_finds_the_users_own_messages_across_sessions_best_first(api, other_api):  # type: ignore[no-untyped-def]
     trips, notes = create_session(api, title="Trips"), create_session(api, title="Notes")
     ids = {}
+    brown, foxes = "The quick brown fox jumps over the lazy dog near the river", "Foxes are quick; a fox is quicker than a dog, fox after fox"
     for session, text in [
-        (trips, "The quick brown fox jumps over the lazy dog near the river"),
-        (notes, "Foxes are quick; a fox is quicker than a dog, fox after fox"),
+        (trips, brown),
+        (notes, foxes),
         (notes, "Nothing to see here"),
         (trips, "Only the word quick, nothing else"),
     ]:
@@ -39,8 +40,8 @@ def test_search_finds_the_users_own_messages_across_sessions_best_first(api, oth
 
     hits = found(api, "Quick FOX")
     # Every word is required (each a prefix: "fox" finds "foxes"), and another user's text is never found.
-    assert {h["message"]["id"] for h in hits} == {ids["The quick brown fox jumps over the lazy dog near the river"], ids["Foxes are quick; a fox is quicker than a dog, fox after fox"]}
-    assert hits[0]["message"]["id"] == ids["Foxes are quick; a fox is quicker than a dog, fox after fox"]  # more of the words: ranked first
+    assert {h["message"]["id"] for h in hits} == {ids[brown], ids[foxes]}
+    assert hits[0]["message"]["id"] == ids[foxes]  # more of the words: ranked first
     assert hits[0]["rank"] >= hits[1]["rank"]
     best = hits[0]
     assert best["session"] == {"id": notes["id"], "title": "Notes"} and best["message"]["session"] == notes["id"]

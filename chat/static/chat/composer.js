@@ -1,0 +1,119 @@
+// The composer: the message box and its Send and Stop buttons. A message is shown at once as
+// a "sending" bubble and goes over the socket once it is ready (again after each
+// `session.ready` until the server has it), or over REST if it is not.
+
+import { api } from "./api.js";
+import { dom, errorText, h, hooks, scrollToBottom, showNotice, state, updateEmpty, uuid4 } from "./state.js";
+import { dropSend, updateComposer, upsertMessage } from "./messages.js";
+import { upsertSession } from "./sidebar.js";
+
+// Composer ---------------------------------------------------------------------
+
+export function autosize() {
+  dom.input.style.height = "auto";
+  dom.input.style.height = `${Math.min(dom.input.scrollHeight, 220)}px`;
+}
+
+dom.input.addEventListener("input", () => {
+  autosize();
+  dom.send.disabled = dom.input.disabled || !dom.input.value.trim();
+});
+
+dom.input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey && !event.metaKey) {
+    event.preventDefault();
+    dom.composer.requestSubmit();
+  }
+});
+
+dom.composer.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const content = dom.input.value;
+  if (!content.trim() || dom.input.disabled) return;
+  if (!state.current) {
+    try {
+      const session = await api.createSession({});
+      upsertSession(session);
+      await hooks.selectSession(session.id);
+    } catch (err) {
+      showNotice(errorText(err));
+      return;
+    }
+  }
+  sendMessage(content);
+});
+
+async function sendMessage(content) {
+  const session = state.current;
+  const generation = state.generation;
+  const clientId = uuid4();
+  const bubble = h(
+    "article",
+    { class: "msg msg--user msg--sending", dataset: { seq: Infinity, status: "sending", clientId }, "aria-label": "You (sending)" },
+    h("div", { class: "msg__avatar", "aria-hidden": "true" }, "You"),
+    h("div", { class: "msg__main" }, h("header", { class: "msg__meta" }, h("span", { class: "msg__author", text: "You" }), h("span", { class: "msg__time", text: "Sending…" })), h("div", { class: "msg__body", text: content })),
+  );
+  // sent: went out over the socket (re-sent after every session.ready until its
+  // message.created comes); rest: went out over REST instead (never re-sent on the socket).
+  const send = { el: bubble, content, sent: false, rest: false };
+  state.sends.set(clientId, send);
+  dom.messages.append(bubble);
+  scrollToBottom();
+  dom.input.value = "";
+  autosize();
+  state.hadFocus = true;
+  updateComposer();
+  updateEmpty();
+  const isFirst = !session.title && state.messages.size === 0;
+  const ready = await waitForReady(5000);
+  if (generation !== state.generation || state.sends.get(clientId) !== send) return;
+  if (ready && state.socket.send(userMessageFrame(clientId, send))) {
+    send.sent = true;
+  } else {
+    // No socket: the same turn over REST; the socket catches up with the reply when it is back.
+    // The answer carries no client_id, so the bubble is replaced here, not by message.created.
+    send.rest = true;
+    try {
+      const message = await api.postMessage(session.id, content, clientId);
+      if (generation !== state.generation) return;
+      dropSend(clientId, false);
+      upsertMessage(message);
+    } catch (err) {
+      if (generation === state.generation) hooks.handleError({ type: "error", code: err.code, detail: errorText(err), request_id: clientId });
+      return;
+    }
+  }
+  if (isFirst) {
+    const title = content.trim().split("\n")[0].slice(0, 60);
+    api.updateSession(session.id, { title }).then(upsertSession).catch(() => {});
+  }
+}
+
+function userMessageFrame(clientId, send) {
+  return { type: "user_message", content: send.content, client_id: clientId, request_id: clientId };
+}
+
+// A frame sent just before the connection died may never have reached the server. After every
+// session.ready (the history has caught up by then, so what arrived is known), what is still
+// outstanding goes again with the same client_id: the server makes a repeat idempotent and
+// answers it with the existing messages' message.created.
+export function resendOutstanding() {
+  if (!state.socket) return;
+  for (const [clientId, send] of state.sends) {
+    if (send.sent && !send.rest) state.socket.send(userMessageFrame(clientId, send));
+  }
+}
+
+dom.stop.addEventListener("click", () => {
+  if (!state.socket || !state.socket.send({ type: "cancel", request_id: "cancel" })) {
+    showNotice("Not connected: the reply could not be stopped.");
+  }
+});
+
+function waitForReady(timeout) {
+  if (state.socket && state.socket.isOpen && state.readySeen > 0 && state.queue === null) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    state.readyWaiters.push(resolve);
+    setTimeout(() => resolve(false), timeout);
+  });
+}
