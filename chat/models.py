@@ -236,7 +236,7 @@ class UsageDay(models.Model):
     day = models.DateField()
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
-    replies = models.PositiveIntegerField(default=0, help_text="Replies that reported usage.")
+    replies = models.PositiveIntegerField(default=0, help_text="Replies counted (usage reported, or estimated from the text).")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "day"], name="usage_user_day_unique")]

@@ -2,7 +2,7 @@
 
 One interface, two engines, each the database's own:
 
-- PostgreSQL: a GIN index on `to_tsvector('simple', content)` (chat.0008), matched with
+- PostgreSQL: a GIN index on `to_tsvector('simple', ...)` of the text (chat.0008), matched with
   `to_tsquery`, ranked by `ts_rank`, the snippet from `ts_headline`.
 - SQLite: an FTS5 table over the messages' text (external content, kept by triggers), matched
   with MATCH, ranked by bm25, the snippet from `snippet()`.
@@ -39,6 +39,9 @@ MAX_OFFSET = 1000  # ranked results are read to this depth at most
 # A search ranks the user's newest CANDIDATES matches: a word found in most of a million messages
 # costs no more to rank than a rare one (bench/search.py). Results go as deep as MAX_OFFSET + a page.
 CANDIDATES = 2000
+# The indexed expression on PostgreSQL, exactly as chat.0008 creates the index (punctuation that
+# PostgreSQL's parser would keep inside a token, as in example.com or 3.14, becomes spaces).
+SEARCH_VECTOR = "to_tsvector('simple', translate({content}, '.@/:_+~#?=&\\|', '             '))"
 SNIPPET_WORDS = 16
 # Marks around matches in the engines' snippets: characters of Unicode's private use area (chat text
 # has no business holding them; one that does shows as a stray highlight, never as markup).
@@ -99,7 +102,7 @@ def _postgres(user_id: int, words: list[str], limit: int, offset: int) -> list[H
     c = _cols()
     # Every word a prefix, all of them required; words are letters and digits only (query_words).
     tsquery = " & ".join(f"{w}:*" for w in words)
-    vector = f"to_tsvector('simple', m.{c['m_content']})"
+    vector = SEARCH_VECTOR.format(content=f"m.{c['m_content']}")
     sql = (
         # The newest CANDIDATES matches of the user's (the same expression and predicate as the index, chat.0008,
         # so the planner can use it; only their ids and times are sorted), ranked; snippets for the page's rows only.

@@ -194,7 +194,7 @@ class UsageDaySerializer(serializers.Serializer):
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
-    replies = serializers.IntegerField(help_text="Replies that reported usage.")
+    replies = serializers.IntegerField(help_text="Replies counted (usage reported, or estimated from the text).")
 
 
 class UsageSerializer(serializers.Serializer):

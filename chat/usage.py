@@ -2,8 +2,10 @@
 
 Totals live on rows and are added to in the reply's final transaction (`chat.turn.replies`):
 per session (`ChatSession.prompt_tokens`, `completion_tokens`) and per user per day
-(`UsageDay`). `rebuild` recomputes every total from the replies' own `metadata.usage`; the
-migration that introduced the totals runs it once, and `manage.py usage_rebuild` on demand.
+(`UsageDay`). A reply counts what its provider reported (`metadata.usage`); one that reported
+nothing (stopped or failed before the end, where a provider reports usage, or a provider that
+never does) counts its text at about 4 characters a token, so a stopped reply is not free.
+`rebuild` recomputes every total from the replies themselves (`manage.py usage_rebuild`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ def tokens_of(metadata: dict[str, Any] | None) -> tuple[int, int] | None:
     return count("prompt_tokens"), count("completion_tokens")
 
 
+CHARS_PER_TOKEN = 4
+
+
+def estimate(content: str) -> tuple[int, int] | None:
+    """(0, completion) for a reply whose provider reported nothing (cancelled or failed before its end, or a
+    provider that never reports): its text at about CHARS_PER_TOKEN characters a token. None for no text."""
+    return (0, -(-len(content) // CHARS_PER_TOKEN)) if content else None
+
+
+def counted(metadata: dict[str, Any] | None, content: str) -> tuple[int, int] | None:
+    """The tokens a reply counts for: as reported, else estimated from its text."""
+    return tokens_of(metadata) or estimate(content)
+
+
 def as_data(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -48,12 +64,12 @@ def rebuild(message_model: Any, session_model: Any, usage_model: Any) -> tuple[i
     sessions: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
     days: dict[tuple[int, date], list[int]] = defaultdict(lambda: [0, 0, 0])
     replies = (
-        message_model.objects.filter(role="assistant", metadata__has_key="usage")
-        .values_list("session_id", "session__owner_id", "completed_at", "created_at", "metadata")
+        message_model.objects.filter(role="assistant", type="text").exclude(status="streaming")
+        .values_list("session_id", "session__owner_id", "completed_at", "created_at", "metadata", "content")
         .order_by()
     )
-    for session_id, owner_id, completed_at, created_at, metadata in replies.iterator(chunk_size=2000):
-        tokens = tokens_of(metadata)
+    for session_id, owner_id, completed_at, created_at, metadata, content in replies.iterator(chunk_size=2000):
+        tokens = counted(metadata, content)
         if tokens is None:
             continue
         total = sessions[session_id]

@@ -119,6 +119,23 @@ async def test_a_users_own_budget_replaces_the_setting(user, other_user, api, se
     assert (await db(api.get, USAGE)).json()["daily_budget"] is None
 
 
+async def test_a_stopped_reply_counts_its_text_and_is_not_free(user, api, settings):  # type: ignore[no-untyped-def]
+    no_limits(settings, DEMO_SLOW_DELAY=0.05)
+    session = await db(session_create, owner=user)
+    comm = await open_socket(session.pk, token=await db(token_for, user))
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": "/slow 200", "client_id": str(uuid.uuid4())})
+    await frames_until(comm, "message.delta", where=lambda f: f["offset"] > 30)
+    await send(comm, {"type": "cancel"})
+    stopped = (await frames_until(comm, "message.completed", where=lambda f: f["message"]["role"] == "assistant"))[-1]
+    await comm.disconnect()
+    text = stopped["message"]["content"]
+    # The demo provider reports usage only at the end it never reached: the text is counted, about 4 characters a token.
+    assert stopped["message"]["status"] == "cancelled" and "usage" not in stopped["message"]["metadata"]
+    assert stopped["session_usage"] == {"prompt_tokens": 0, "completion_tokens": -(-len(text) // 4), "total_tokens": -(-len(text) // 4)}
+    assert (await db(api.get, USAGE)).json()["today"]["replies"] == 1
+
+
 def test_usage_is_the_users_own(user, other_user, api, other_api):  # type: ignore[no-untyped-def]
     UsageDay.objects.create(user=other_user, day=timezone.localdate(), prompt_tokens=7, completion_tokens=9, replies=1)
     UsageDay.objects.create(user=user, day=timezone.localdate() - timedelta(days=3), prompt_tokens=1, completion_tokens=2, replies=1)
@@ -153,10 +170,11 @@ def test_rebuild_recomputes_totals_from_the_replies_and_ignores_nonsense(user, o
         Message.objects.create(session=session, seq=seq, role="assistant", content="x", metadata=metadata, completed_at=when)
     ChatSession.objects.filter(pk=mine.pk).update(prompt_tokens=999)
     call_command("usage_rebuild", stdout=open("/dev/null", "w"))  # noqa: SIM115
-    assert ChatSession.objects.filter(pk=mine.pk).values_list("prompt_tokens", "completion_tokens").get() == (13, 24)
+    # The reply without usage counts its text ("x": one token, estimated).
+    assert ChatSession.objects.filter(pk=mine.pk).values_list("prompt_tokens", "completion_tokens").get() == (13, 25)
     days = {(d.user_id, d.day): (d.prompt_tokens, d.completion_tokens, d.replies) for d in UsageDay.objects.all()}
     assert days == {
-        (user.pk, timezone.localdate()): (3, 4, 2),
+        (user.pk, timezone.localdate()): (3, 5, 3),
         (user.pk, timezone.localdate(yesterday)): (10, 20, 1),
         (other_user.pk, timezone.localdate()): (1, 1, 1),
     }

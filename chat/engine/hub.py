@@ -350,9 +350,13 @@ class Hub:
                 logger.exception("The hub failed to send; going on")
 
     async def _drain(self) -> None:
+        # What is queued now, not what arrives while it is written (between slices): the tick must
+        # get its turn however much keeps arriving.
         out, loop = self._out, self._loop
         started, count = loop.time(), 0
-        while out:
+        for _ in range(len(out)):
+            if not out:
+                break
             sink, item = out.popleft()
             if sink.closed:
                 continue

@@ -36,7 +36,7 @@ class Migration(migrations.Migration):
                 ('day', models.DateField()),
                 ('prompt_tokens', models.PositiveBigIntegerField(default=0)),
                 ('completion_tokens', models.PositiveBigIntegerField(default=0)),
-                ('replies', models.PositiveIntegerField(default=0, help_text='Replies that reported usage.')),
+                ('replies', models.PositiveIntegerField(default=0, help_text='Replies counted (usage reported, or estimated from the text).')),
                 ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL)),
             ],
             options={

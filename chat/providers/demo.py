@@ -19,7 +19,7 @@ from chat.providers.base import ProviderError, ProviderEvent, ReplyContext
 # `/slow N` at the start of the message; what follows it is ignored, as for every command.
 _SLOW = re.compile(r"^/slow(?:\s+(\d+))?(?:\s|$)")
 _TOOL = re.compile(r"^/tool\s+([\w.-]+)\s*(.*)$", re.DOTALL)
-_LONG = re.compile(r"^/long(?:\s+(\d+))?(?:\s|$)")
+_LONG = re.compile(r"^/long(?:\s+(\d{1,7}))?(?:\s|$)")
 LONG_MAX = 200_000
 LONG_PIECE = 200  # characters a piece of /long (about a line)
 

@@ -6,9 +6,10 @@ process when the cache is Redis (REDIS_URL), per process otherwise. Concurrent r
 counted in the database, in the statement that locks the session (`rows.lock_for_turns`), so
 they hold across processes; two turns of one user in two sessions at the same instant may
 both pass (the cap is checked, not locked). Tokens a day are read from the user's day total
-(`UsageDay`, kept by each reply's end) in that same statement: a turn starts while the day's
-total is below the budget, so the reply that crosses it finishes, and the next is refused. 0
-turns a setting off.
+(`UsageDay`, kept by each reply's end) in that same statement: a turn starts while the total
+of the replies that ended today is below the budget; turns already running (their tool rounds
+and plan steps too) finish even if they cross it, and the next message is refused. 0 turns a
+setting off.
 """
 
 from __future__ import annotations

@@ -48,15 +48,15 @@ def _ended(message: Message, content: str, status: str, error: str | None, when:
     return message
 
 
-def _account(ended: Sequence[tuple[uuid.UUID, int, dict[str, Any]]], when: Any) -> dict[uuid.UUID, dict[str, int]]:
-    """Activity and tokens of replies that just ended, (session, owner, metadata) each: one UPDATE of their
-    sessions, and one upsert of their owners' day totals when any reported usage. The sessions' totals, by id.
+def _account(ended: Sequence[tuple[uuid.UUID, int, dict[str, Any], str]], when: Any) -> dict[uuid.UUID, dict[str, int]]:
+    """Activity and tokens of replies that just ended, (session, owner, metadata, text) each: one UPDATE of their
+    sessions, and one upsert of their owners' day totals when any counts tokens (chat.usage). The sessions' totals, by id.
     """
     sessions: dict[uuid.UUID, tuple[int, int]] = {}
     days: dict[tuple[int, Any], tuple[int, int, int]] = {}
     day = usage.day_of(when)
-    for session_id, owner_id, metadata in ended:
-        tokens = usage.tokens_of(metadata)
+    for session_id, owner_id, metadata, content in ended:
+        tokens = usage.counted(metadata, content)
         prompt, completion = sessions.get(session_id, (0, 0))
         if tokens is None:
             sessions[session_id] = (prompt, completion)
@@ -93,7 +93,7 @@ def reply_finish(
             if placeholder is not None:
                 merged = {**placeholder.metadata, **metadata} if metadata else placeholder.metadata
                 if rows.reply_end(message_id=message_id, content=content, status=status, error=error, completed_at=now, metadata=merged):
-                    totals = _account([(session_id, locked.session.owner_id, merged)], now)
+                    totals = _account([(session_id, locked.session.owner_id, merged, content)], now)
                     message = _ended(placeholder, content, status, error, now, merged)
                     if tool_calls:
                         agentic.tool_calls_record(reply=message, calls=tool_calls)
@@ -116,7 +116,7 @@ def reply_finish(
             if metadata:
                 message.metadata = {**message.metadata, **metadata}
             message.save(update_fields=["content", "status", "error", "completed_at", "worker_id", "metadata"])
-            totals = _account([(session_id, locked.session.owner_id, message.metadata)], now)
+            totals = _account([(session_id, locked.session.owner_id, message.metadata, content)], now)
             if tool_calls:
                 agentic.tool_calls_record(reply=message, calls=tool_calls)
             outbox.frame(session_id, events.message_completed(message_data(message, with_reactions=True), totals.get(session_id)))
@@ -174,7 +174,9 @@ def reply_finish_many(requests: Sequence[FinishRequest]) -> list[Finished | Exce
                 merged[i] = {**r.placeholder.metadata, **r.metadata} if r.metadata else r.placeholder.metadata
                 ends.append(rows.ReplyEnd(r.message_id, r.content, r.status, r.error, merged[i]))
             stored = rows.replies_end(ends, now)
-            totals = _account([(requests[i].session_id, owners[requests[i].session_id], merged[i]) for i in live if requests[i].message_id in stored], now)
+            totals = _account(
+                [(requests[i].session_id, owners[requests[i].session_id], merged[i], requests[i].content) for i in live if requests[i].message_id in stored], now,
+            )
             reactions = rows.reactions_of_many(stored)
             for i in live:
                 r = requests[i]

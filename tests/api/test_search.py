@@ -59,6 +59,28 @@ def test_words_of_any_script_are_found(api):  # type: ignore[no-untyped-def]
         assert [h["message"]["id"] for h in found(api, q)] == [message], q
 
 
+def test_addresses_numbers_and_paths_are_words_on_both_databases(api):  # type: ignore[no-untyped-def]
+    session = create_session(api)
+    message = send(api, session["id"], "Mail ops@example.com, see https://docs.example.org/a/b.html, pi is 3.14, edit /etc/hosts").json()["id"]
+    for q in ("example.com", "example", "com", "ops", "docs example", "3.14", "14", "etc hosts", "/etc/hosts", "html"):
+        assert [h["message"]["id"] for h in found(api, q)] == [message], q
+
+
+def test_a_message_whose_text_changes_is_found_by_its_new_text_only(api):  # type: ignore[no-untyped-def]
+    from chat.models import Message
+
+    session = create_session(api)
+    message = send(api, session["id"], "the first wording: aardvark").json()["id"]
+    assert len(found(api, "aardvark")) == 1
+    # As when an interrupted reply gets its fuller text, or a status is written again with the same value.
+    Message.objects.filter(pk=message).update(content="the second wording: pangolin")
+    Message.objects.filter(pk=message).update(status="complete")
+    assert found(api, "aardvark") == []
+    assert [h["message"]["id"] for h in found(api, "pangolin")] == [message]
+    Message.objects.filter(pk=message).update(type="event")  # no longer a text message: out of the index
+    assert found(api, "pangolin") == []
+
+
 async def test_a_reply_is_found_once_it_ended_not_while_it_streams(user, api, settings):  # type: ignore[no-untyped-def]
     settings.CHAT = {**settings.CHAT, "DEMO_SLOW_DELAY": 0.05, "CHECKPOINT_INTERVAL": 0.2}
     session = await db(create_session, api)

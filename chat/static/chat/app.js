@@ -113,7 +113,9 @@ async function openMessage(sessionId, messageId) {
     }
     pages += 1;
     if (pages > 1) showNotice(`Finding the message… (${pages} pages of history read)`);
+    const before = state.olderUrl;
     await loadOlder();
+    if (state.olderUrl === before) return; // the page could not be read (its error is shown): no retry loop
   }
   if (generation !== state.generation) return;
   const entry = state.messages.get(messageId);

@@ -51,7 +51,8 @@ export function initSearch({ onOpen, errorText }) {
       link.dataset.messageId = hit.message.id;
       const head = document.createElement("span");
       head.className = "search-hit__title";
-      head.textContent = `${title} · ${hit.message.role === "user" ? "You" : "Assistant"}`;
+      const who = { user: "You", assistant: "Assistant", tool: "Tool", system: "System" }[hit.message.role] || hit.message.role;
+      head.textContent = `${title} · ${who}`;
       const body = document.createElement("span");
       body.className = "search-hit__snippet";
       body.append(...markedSnippet(hit.snippet, hit.highlights));
