@@ -22,6 +22,7 @@ from chat.serializers import (
     UsageSerializer,
 )
 from chat.turn import reactions, turns
+from chatproject.throttling import SearchRateThrottle
 from sessions_app.selectors import session_get
 
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -146,13 +147,15 @@ def _whole(request: Request, name: str, default: int, low: int, high: int) -> in
 
 
 class Search(APIView):
+    throttle_classes = (SearchRateThrottle,)  # reads, but costly ones (bench/search.py)
+
     @extend_schema(
         parameters=[
             OpenApiParameter("q", OpenApiTypes.STR, required=True, description="Words to find (each a prefix, all required; up to 10 words)."),
             OpenApiParameter("limit", OpenApiTypes.INT, description="Results per page (1 to 50; default 20)."),
             OpenApiParameter("offset", OpenApiTypes.INT, description=f"Results to skip (0 to {search.MAX_OFFSET})."),
         ],
-        responses={200: SearchPageSerializer, 400: ErrorSerializer},
+        responses={200: SearchPageSerializer, 400: ErrorSerializer, 429: ErrorSerializer},
         operation_id="search_messages",
     )
     def get(self, request: Request) -> Response:

@@ -239,6 +239,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "writes": os.environ.get("THROTTLE_WRITES", "120/min"),
         "login": os.environ.get("THROTTLE_LOGIN", "10/min"),
+        "search": os.environ.get("THROTTLE_SEARCH", "60/min"),
     },
     "UNAUTHENTICATED_USER": None,
     "NUM_PROXIES": TRUSTED_PROXIES,  # the throttles' client address, as chatproject.security.client_ip

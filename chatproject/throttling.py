@@ -31,3 +31,12 @@ class LoginRateThrottle(AnonRateThrottle):
 
     def get_rate(self) -> str | None:
         return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+
+class SearchRateThrottle(UserRateThrottle):
+    """Searches per user (THROTTLE_SEARCH): a search over a long history costs the database far more than a page read."""
+
+    scope = "search"
+
+    def get_rate(self) -> str | None:
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)

@@ -44,7 +44,7 @@ def _fast_settings(settings):  # type: ignore[no-untyped-def]
         # The credential recheck's queries would land in the query-count tests; its own test sets it short.
         "WS_AUTH_RECHECK_SECONDS": 3600.0,
     }
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"writes": "100000/min", "login": "100000/min"}}
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"writes": "100000/min", "login": "100000/min", "search": "100000/min"}}
     yield
 
 

@@ -145,3 +145,11 @@ def test_query_syntax_of_the_engines_cannot_be_injected(api, q):  # type: ignore
 
 def test_search_needs_credentials(client):  # type: ignore[no-untyped-def]
     assert client.get(SEARCH, {"q": "fox"}).status_code in (401, 403)
+
+
+def test_searches_are_throttled_per_user(api, other_api, settings):  # type: ignore[no-untyped-def]
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "search": "3/min"}}
+    assert [api.get(SEARCH, {"q": "fox"}).status_code for _ in range(3)] == [200, 200, 200]
+    body = assert_error(api.get(SEARCH, {"q": "fox"}), 429, "throttled")
+    assert body["retry_after"] > 0
+    assert other_api.get(SEARCH, {"q": "fox"}).status_code == 200  # per user
