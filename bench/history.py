@@ -109,8 +109,12 @@ def has_field(model: Any, name: str) -> bool:
     return True
 
 
-def message_rows(session_id: uuid.UUID, count: int, start: datetime) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
-    """The columns of `Message` and its rows for one session, prepared for the database as the ORM would."""
+def message_rows(
+    session_id: uuid.UUID, count: int, start: datetime, content: Callable[[int], str] | None = None,
+) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    """The columns of `Message` and its rows for one session, prepared for the database as the ORM would.
+
+    `content(seq)` gives a message's text (default: a short numbered sentence)."""
     from django.db import connection
 
     from chat.models import Message
@@ -130,7 +134,7 @@ def message_rows(session_id: uuid.UUID, count: int, start: datetime) -> tuple[li
                 "session": sid,
                 "seq": seq,
                 "role": Message.Role.USER.value if seq % 2 else Message.Role.ASSISTANT.value,
-                "content": f"Message {seq}: a short sentence of benchmark history.",
+                "content": content(seq) if content else f"Message {seq}: a short sentence of benchmark history.",
                 "created_at": at,
                 "completed_at": at,
                 **const,
@@ -140,12 +144,13 @@ def message_rows(session_id: uuid.UUID, count: int, start: datetime) -> tuple[li
     return [f.column for f in fields], rows()
 
 
-def insert_messages(session_id: uuid.UUID, count: int, start: datetime) -> None:
+def insert_messages(session_id: uuid.UUID, count: int, start: datetime, content: Callable[[int], str] | None = None) -> None:
+    """One session's messages: one COPY on PostgreSQL, executemany in batches on SQLite (see message_rows)."""
     from django.db import connection, transaction
 
     from chat.models import Message
 
-    columns, rows = message_rows(session_id, count, start)
+    columns, rows = message_rows(session_id, count, start, content)
     table = connection.ops.quote_name(Message._meta.db_table)
     names = ", ".join(connection.ops.quote_name(c) for c in columns)
     with transaction.atomic(), connection.cursor() as cursor:

@@ -37,6 +37,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from history import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-password-123"
 
@@ -65,11 +68,6 @@ def free_port() -> int:
 def manage(env: dict[str, str], *args: str) -> str:
     done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True)
     return done.stdout
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))] if ordered else 0.0
 
 
 def run(chars: int, delay: float, chromium: str) -> dict[str, Any]:
@@ -134,7 +132,7 @@ def run(chars: int, delay: float, chromium: str) -> dict[str, Any]:
         "chars": chars, "delay_s": delay, "saved_chars": saved[0], "shown_chars": int(shown), "headings": headings, "saved_headings": saved[2],
         "page_s": round(page_s, 2), "server_s": round(saved[1], 2), "behind_s": round(page_s - saved[1], 2),
         "frames": len(frames), "frames_per_s": round(len(frames) / window, 1) if window else 0.0,
-        "frame_p50_ms": round(statistics.median(frames), 2) if frames else 0.0, "frame_p95_ms": round(percentile(frames, 95), 2),
+        "frame_p50_ms": round(statistics.median(frames), 2) if frames else 0.0, "frame_p95_ms": round(percentile(frames, 95), 2) if frames else 0.0,
         "frame_max_ms": round(max(frames, default=0.0), 1), "long_tasks": len(m["longTasks"]), "long_task_ms": round(sum(m["longTasks"])),
     }
 

@@ -38,20 +38,18 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from history import django_setup, percentile, pg_database, sqlite_database
+from history import django_setup, insert_messages, percentile, pg_database, sqlite_database
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "SEARCHBENCH "
 VOCABULARY = 20_000
 WORDS_PER_MESSAGE = 12
 SESSION_SIZE = 10_000
-BATCH = 5_000
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "za", "de", "po", "li", "ma", "te", "no", "gu"]
 
 
@@ -91,48 +89,12 @@ def texts(seed: int) -> Any:
 
 
 def fill(owner_id: int, sessions: int, gen: Any) -> None:
-    from django.db import connection, transaction
-
-    from chat.models import Message
     from sessions_app.models import ChatSession
 
-    fields = Message._meta.concrete_fields
-    by = {f.name: f for f in fields}
-    table = connection.ops.quote_name(Message._meta.db_table)
-    names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     start = datetime.now(UTC) - timedelta(days=30)
     for _ in range(sessions):
         session = ChatSession.objects.create(owner_id=owner_id, seq=SESSION_SIZE, message_count=SESSION_SIZE)
-        sid = by["session"].get_db_prep_save(session.pk, connection)
-        const = {
-            f.name: f.get_db_prep_save({"type": Message.Type.TEXT, "status": Message.Status.COMPLETE}.get(f.name, f.get_default()), connection)
-            for f in fields
-        }
-
-        def rows() -> Any:
-            for seq in range(1, SESSION_SIZE + 1):
-                at = by["created_at"].get_db_prep_save(start + timedelta(seconds=seq), connection)
-                values = {
-                    **const, "id": by["id"].get_db_prep_save(uuid.uuid4(), connection), "session": sid, "seq": seq,  # noqa: B023
-                    "role": "user" if seq % 2 else "assistant", "content": next(gen), "created_at": at, "completed_at": at,
-                }
-                yield tuple(values[f.name] for f in fields)
-
-        with transaction.atomic(), connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-                    for row in rows():
-                        copy.write_row(row)
-            else:
-                sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(fields))})"
-                batch: list[Any] = []
-                for row in rows():
-                    batch.append(row)
-                    if len(batch) == BATCH:
-                        cursor.executemany(sql, batch)
-                        batch = []
-                if batch:
-                    cursor.executemany(sql, batch)
+        insert_messages(session.pk, SESSION_SIZE, start, lambda seq: next(gen))
 
 
 def plan_of(client: Any, params: dict[str, str]) -> str:

@@ -111,6 +111,15 @@ class MessageReactionDelete(APIView):
 USAGE_MAX_DAYS = 366
 
 
+def _whole(request: Request, name: str, default: int, low: int, high: int) -> int:
+    given = request.query_params.getlist(name)
+    if not given:
+        return default
+    if len(given) > 1 or not (given[0].isascii() and given[0].isdigit() and low <= int(given[0]) <= high):
+        raise ValidationError({name: [f"Must be a whole number from {low} to {high}, given once."]})
+    return int(given[0])
+
+
 class Usage(APIView):
     @extend_schema(
         parameters=[OpenApiParameter("days", OpenApiTypes.INT, description=f"Days back, today included (1 to {USAGE_MAX_DAYS}; default 30).")],
@@ -119,10 +128,7 @@ class Usage(APIView):
     )
     def get(self, request: Request) -> Response:
         """The user's token usage per day (UTC), kept up to date by each reply's end, and today's budget."""
-        given = request.query_params.getlist("days")
-        if len(given) > 1 or (given and not (given[0].isascii() and given[0].isdigit() and 1 <= int(given[0]) <= USAGE_MAX_DAYS)):
-            raise ValidationError({"days": [f"Must be a whole number from 1 to {USAGE_MAX_DAYS}, given once."]})
-        days = selectors.usage_days(user=request.user, days=int(given[0]) if given else 30)
+        days = selectors.usage_days(user=request.user, days=_whole(request, "days", 30, 1, USAGE_MAX_DAYS))
         rows = [{"day": d.day, "replies": d.replies, **usage.as_data(d.prompt_tokens, d.completion_tokens)} for d in days]
         today = next((row for row in rows if row["day"] == timezone.localdate()), None)
         if today is None:
@@ -135,15 +141,6 @@ class Usage(APIView):
             "days": rows,
         }
         return Response(UsageSerializer(data).data)
-
-
-def _whole(request: Request, name: str, default: int, low: int, high: int) -> int:
-    given = request.query_params.getlist(name)
-    if not given:
-        return default
-    if len(given) > 1 or not (given[0].isascii() and given[0].isdigit() and low <= int(given[0]) <= high):
-        raise ValidationError({name: [f"Must be a whole number from {low} to {high}, given once."]})
-    return int(given[0])
 
 
 class Search(APIView):

@@ -23,11 +23,11 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from django.db import connection
-from django.utils.dateparse import parse_datetime
 
+from chat.dbvalues import to_datetime, to_uuid
 from chat.exceptions import InvalidInput
 from chat.models import Message
 from sessions_app.models import ChatSession
@@ -146,11 +146,7 @@ def _sqlite(user_id: int, words: list[str], limit: int, offset: int) -> list[Hit
 
 def _hit(row: tuple, rank: float) -> Hit:
     snippet, highlights = _marks(row[6] or "")
-    created = row[5]
-    if isinstance(created, str):  # SQLite keeps naive UTC text
-        created = parse_datetime(created)
-        created = created.replace(tzinfo=UTC) if created is not None and created.tzinfo is None else created
-    return Hit(uuid.UUID(str(row[0])), uuid.UUID(str(row[1])), row[2], int(row[3]), row[4], created, snippet, highlights, round(rank, 6))
+    return Hit(to_uuid(row[0]), to_uuid(row[1]), row[2], int(row[3]), row[4], to_datetime(row[5]), snippet, highlights, round(rank, 6))
 
 
 def _marks(marked: str) -> tuple[str, list[tuple[int, int]]]:

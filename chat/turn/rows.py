@@ -16,16 +16,16 @@ import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from rest_framework.authtoken.models import Token
 
+from chat.dbvalues import to_datetime, to_uuid
 from chat.models import Agent, Approval, Message, Plan, Reaction, TokenBudget, ToolCall, UsageDay
 from sessions_app.models import ChatSession
 
@@ -47,17 +47,6 @@ def _col(model: Any, field: str) -> str:
 
 def _uuid(value: uuid.UUID) -> Any:
     return Message._meta.pk.get_db_prep_value(value, connection)
-
-
-def to_uuid(value: Any) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-
-
-def to_datetime(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    parsed = parse_datetime(value)  # SQLite keeps naive UTC text
-    return parsed.replace(tzinfo=UTC) if parsed is not None and parsed.tzinfo is None else parsed
 
 
 def to_json(value: Any) -> Any:
