@@ -159,7 +159,9 @@ def lock_for_turns(requests: Sequence[tuple[uuid.UUID, int, str | None]]) -> dic
         f", (SELECT u.{_col(UsageDay, 'prompt_tokens')} + u.{_col(UsageDay, 'completion_tokens')} FROM {_table(UsageDay)} u"
         f" WHERE u.{_col(UsageDay, 'user')} = r.owner AND u.{_col(UsageDay, 'day')} = %s)"
         f", (SELECT b.{_col(TokenBudget, 'daily_tokens')} FROM {_table(TokenBudget)} b WHERE b.{_col(TokenBudget, 'user')} = r.owner)"
-        f" FROM {s} s JOIN r ON {sid} = r.sid AND s.{_col(ChatSession, 'owner')} = r.owner ORDER BY {sid}{_lock_clause()}"
+        # PostgreSQL: whether the row locked is the row this statement's snapshot saw (see below).
+        + (f", s.xmin::text = (SELECT f.xmin::text FROM {s} f WHERE f.{_col(ChatSession, 'id')} = {sid})" if on_postgres else "")
+        + f" FROM {s} s JOIN r ON {sid} = r.sid AND s.{_col(ChatSession, 'owner')} = r.owner ORDER BY {sid}{_lock_clause()}"
     )
     params: list[Any] = []
     for session_id, owner_id, client_id in requests:
@@ -169,6 +171,16 @@ def lock_for_turns(requests: Sequence[tuple[uuid.UUID, int, str | None]]) -> dic
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         found = cursor.fetchall()
+        # On PostgreSQL a row lock that waited for another transaction returns the row as that
+        # transaction left it, but the checks in the same statement still read the snapshot taken
+        # before the wait: a reply that transaction started would look absent. When a locked row
+        # is newer than the snapshot, the statement runs again (the locks are held: it does not
+        # wait) with a snapshot that sees it. Without contention this costs nothing.
+        for _ in range(3):
+            if not on_postgres or all(row[-1] for row in found):
+                break
+            cursor.execute(sql, params)
+            found = cursor.fetchall()
     rows: dict[uuid.UUID, SessionRow] = {}
     for row in found:
         session = _session_from(row[:6])
