@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from django.utils import timezone
 from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -11,17 +14,21 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import idempotency, search, selectors, tools, usage
+from chat.models import Message
 from chat.serializers import (
     AgentSerializer,
     ErrorSerializer,
     MessageCreateSerializer,
     MessageSerializer,
+    QueuedResponseSerializer,
     ReactionCreateSerializer,
     ReactionsResponseSerializer,
+    RegenerateSerializer,
     SearchPageSerializer,
     UsageSerializer,
+    message_data,
 )
-from chat.turn import reactions, turns
+from chat.turn import branching, reactions, turns
 from chatproject.throttling import SearchRateThrottle
 from sessions_app.selectors import session_get
 
@@ -45,12 +52,36 @@ class ToolList(APIView):
         return Response(tools.ToolSerializer(tools.all_tools(), many=True).data)
 
 
+def _claim(request: Request, data: Any) -> idempotency.Claim | None:
+    """The request's `Idempotency-Key` claim (None without the header); `claim.replay` when it was answered before."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    return idempotency.idempotency_claim(user=request.user, key=key, digest=idempotency.request_hash("POST", request.path, data))
+
+
+def _replayed(claim: idempotency.Claim) -> Response:
+    replay_status, replay_body = claim.replay  # type: ignore[misc]
+    return Response(replay_body, status=replay_status, headers={"Idempotent-Replayed": "true"})
+
+
+def _checked(claim: idempotency.Claim | None, check: Callable[[], Any]) -> Any:
+    """Run the request's checks; when they fail nothing ran, so the key is released (a corrected retry may use it)."""
+    try:
+        return check()
+    except BaseException:
+        if claim is not None and claim.record is not None:
+            idempotency.idempotency_release(record=claim.record)
+        raise
+
+
 class MessageCreate(APIView):
     @extend_schema(
         request=MessageCreateSerializer,
         parameters=[IDEMPOTENCY_KEY],
         responses={
             201: MessageSerializer,
+            202: OpenApiResponse(QueuedResponseSerializer, description="The session's turn runs: the message waits in its queue (on_busy enqueue or interrupt)."),
             400: ErrorSerializer,
             404: ErrorSerializer,
             409: ErrorSerializer,
@@ -60,27 +91,51 @@ class MessageCreate(APIView):
     )
     def post(self, request: Request) -> Response:
         data = request.data  # parse first: malformed JSON is a 400 before anything else
-        key = request.headers.get("Idempotency-Key")
-        claim = None
-        if key is not None:
-            digest = idempotency.request_hash("POST", request.path, data)
-            claim = idempotency.idempotency_claim(user=request.user, key=key, digest=digest)
-            if claim.replay is not None:
-                replay_status, replay_body = claim.replay
-                return Response(replay_body, status=replay_status, headers={"Idempotent-Replayed": "true"})
-        try:
+        claim = _claim(request, data)
+        if claim is not None and claim.replay is not None:
+            return _replayed(claim)
+
+        def check() -> tuple[dict[str, Any], Any]:
             form = MessageCreateSerializer(data=data)
             form.is_valid(raise_exception=True)
-            session = session_get(user=request.user, session_id=form.validated_data["session"])
-        except BaseException:
-            if claim is not None and claim.record is not None:
-                idempotency.idempotency_release(record=claim.record)  # nothing ran: a corrected retry may
-            raise
-        body = turns.message_send(
-            user=request.user, session=session, content=form.validated_data["content"],
-            reply=form.validated_data["reply"], claim=claim,
+            return form.validated_data, session_get(user=request.user, session_id=form.validated_data["session"])
+
+        valid, session = _checked(claim, check)
+        answer, body = turns.message_send(
+            user=request.user, session=session, content=valid["content"], reply=valid["reply"], claim=claim,
+            on_busy=valid.get("on_busy"), edit_of=valid.get("edit_of"),
         )
-        return Response(body, status=status.HTTP_201_CREATED)
+        return Response(body, status=answer)
+
+
+class MessageRegenerate(APIView):
+    @extend_schema(
+        request=RegenerateSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={201: MessageSerializer, 400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer, 422: ErrorSerializer, 429: ErrorSerializer},
+        operation_id="messages_regenerate",
+    )
+    def post(self, request: Request, message_id: str) -> Response:
+        """Another answer to what this assistant reply answered: a new version of it (the old one is kept), streamed to
+        the session's sockets like any reply; the session's active branch moves to it. 409 `busy` while the turn runs."""
+        data = request.data
+        claim = _claim(request, data)
+        if claim is not None and claim.replay is not None:
+            return _replayed(claim)
+
+        def check() -> Message:
+            RegenerateSerializer(data=data).is_valid(raise_exception=True)
+            return selectors.message_get(user=request.user, message_id=message_id)
+
+        message = _checked(claim, check)
+
+        def regenerate() -> tuple[int, dict[str, Any]]:
+            turn = branching.reply_regenerate(user=request.user, session_id=message.session_id, message_id=message.pk)
+            assert turn.reply is not None
+            return 201, message_data(turn.reply, request.user.pk)
+
+        answer, body = idempotency.run_once(claim=claim, work=regenerate)
+        return Response(body, status=answer)
 
 
 class MessageReactions(APIView):

@@ -66,6 +66,16 @@ def session_deleted(session_id: uuid.UUID | str) -> dict[str, Any]:
     return {"type": "session.deleted", "id": str(session_id)}
 
 
+def queue_updated(session_id: uuid.UUID | str, queue: list[dict[str, Any]]) -> dict[str, Any]:
+    """The session's queued messages (`QueuedMessage` shapes), in the order they will be answered, after any change."""
+    return {"type": "queue.updated", "session": str(session_id), "queue": queue}
+
+
+def branch_switched(session_id: uuid.UUID | str, leaf_id: uuid.UUID | str | None) -> dict[str, Any]:
+    """The session's active branch changed (a version chosen, an edit, a regenerated reply): it now ends at `leaf`."""
+    return {"type": "branch.switched", "session": str(session_id), "leaf": str(leaf_id) if leaf_id is not None else None}
+
+
 def error(code: str, detail: str, request_id: Any = None) -> dict[str, Any]:
     frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
     if request_id is not None:

@@ -21,6 +21,7 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Prefetch, QuerySet
 
+from chat.branches import attach_versions, session_path
 from chat.models import Approval, Message, Plan, Reaction, ToolCall
 from chat.serializers import MessageSerializer, summarize_reactions
 from sessions_app.models import ChatSession
@@ -37,16 +38,21 @@ def _sessions(sessions: Iterable[ChatSession]) -> list[ChatSession]:
     return [by_id[pk] for pk in dict.fromkeys(given) if pk in by_id]
 
 
-def _messages(session: ChatSession) -> Iterator[Message]:
-    """The session's messages in seq order, with agents and reactions, EXPORT_CHUNK at a time (two queries a chunk)."""
+def _messages(session: ChatSession, every_branch: bool = False) -> Iterator[Message]:
+    """The messages of the session's active branch (or all of them) in seq order, with agents, reactions and versions,
+    EXPORT_CHUNK at a time (two queries a chunk; three, and one more in all, when the conversation forked)."""
+    path = None if every_branch else session_path(session)
     after = 0
     while True:
+        messages = Message.objects.filter(session_id=session.pk, seq__gt=after)
+        if path is not None:
+            messages = messages.filter(path.q())
         chunk = list(
-            Message.objects.filter(session_id=session.pk, seq__gt=after)
-            .select_related("agent")
+            messages.select_related("agent")
             .prefetch_related(Prefetch("reactions", queryset=Reaction.objects.order_by("created_at", "pk")))
             .order_by("seq")[:EXPORT_CHUNK]
         )
+        attach_versions(chunk, lines=session.lines)
         yield from chunk
         if len(chunk) < EXPORT_CHUNK:
             return
@@ -147,19 +153,24 @@ def _session_head(session: ChatSession) -> dict[str, Any]:
         "created_at": session.created_at,
         "updated_at": session.updated_at,
         "message_count": session.message_count,
+        "leaf": _id(session.leaf_id),
     }
 
 
-def iter_export_json(sessions: Iterable[ChatSession]) -> Iterator[str]:
-    """A JSON array with one object per session: `messages` in seq order, then `tool_calls`, `approvals` and `plans`, oldest first."""
+def iter_export_json(sessions: Iterable[ChatSession], *, every_branch: bool = False) -> Iterator[str]:
+    """A JSON array with one object per session: `messages` in seq order, then `tool_calls`, `approvals` and `plans`, oldest first.
+
+    `messages` are those of the session's active branch (what its owner sees), or with
+    `every_branch` all of them: every version, each naming its `parent`, so the tree can be rebuilt.
+    """
     loaded = _sessions(sessions)
     agentic = _load_agentic([session.pk for session in loaded])
     yield "["
     for index, session in enumerate(loaded):
-        head = _dumps(_session_head(session))
+        head = _dumps({**_session_head(session), "branches": "all" if every_branch else "active"})
         yield ("," if index else "") + "\n" + head[:-1] + ', "messages": ['
         first = True
-        for message in _messages(session):
+        for message in _messages(session, every_branch):
             yield ("" if first else ",") + "\n  " + _dumps(_message_dict(message, session.owner_id))
             first = False
         rest = agentic[session.pk]
@@ -167,8 +178,8 @@ def iter_export_json(sessions: Iterable[ChatSession]) -> Iterator[str]:
     yield "\n]\n"
 
 
-def session_export_json(sessions: Iterable[ChatSession]) -> str:
-    return "".join(iter_export_json(sessions))
+def session_export_json(sessions: Iterable[ChatSession], *, every_branch: bool = False) -> str:
+    return "".join(iter_export_json(sessions, every_branch=every_branch))
 
 
 def _when(value: datetime | None) -> str:
@@ -198,6 +209,9 @@ def _message_markdown(message: Message) -> list[str]:
     heading = f"### {message.seq}. {message.role} · {message.type} · {message.status}"
     if message.agent is not None:
         heading += f" · {message.agent.slug}"
+    versions = getattr(message, "_versions", None)
+    if versions:
+        heading += f" · version {versions.index(str(message.pk)) + 1} of {len(versions)}"
     lines = [heading, "", f"*{_when(message.created_at)}*", ""]
     lines.append(_quote(message.content) if message.content else "> *(empty)*")
     lines.append("")
@@ -220,7 +234,7 @@ def _session_markdown(session: ChatSession) -> Iterator[str]:
         f"- Agent: {session.agent.slug if session.agent else '-'}",
         f"- Created: {_when(session.created_at)}",
         f"- Last activity: {_when(session.updated_at)}",
-        f"- Messages: {session.message_count}",
+        f"- Messages: {session.message_count}" + (f" ({session.leaf_depth} on the active branch, shown here)" if session.lines > 1 else ""),
         "",
     ]
     yield "\n".join(lines) + "\n"

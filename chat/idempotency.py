@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -110,6 +111,29 @@ def idempotency_complete(*, record: IdempotencyRecord, status: int, body: Any) -
 def idempotency_release(*, record: IdempotencyRecord) -> None:
     """The request failed on our side: forget the claim so a retry can run."""
     IdempotencyRecord.objects.filter(pk=record.pk).delete()
+
+
+def run_once(*, claim: Claim | None, work: Callable[[], tuple[int, Any]]) -> tuple[int, Any]:
+    """Run `work` (a write that returns its answer, status and body) in one transaction with its claim's stored answer.
+
+    A retry either replays the answer or, when nothing committed, runs again; it never writes twice.
+    """
+    record = claim.record if claim is not None else None
+    committed: list[bool] = []
+    try:
+        with transaction.atomic():
+            # Registered first, so it runs before the work's own effects leave after the commit.
+            transaction.on_commit(lambda: committed.append(True))
+            if record is not None:
+                idempotency_hold(record=record)
+            status, body = work()
+            if record is not None:
+                idempotency_complete(record=record, status=status, body=body)
+    except BaseException:
+        if record is not None and not committed:
+            idempotency_release(record=record)
+        raise
+    return status, body
 
 
 def idempotency_purge() -> int:

@@ -66,6 +66,15 @@ class Message(models.Model):
     agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     client_id = models.CharField(max_length=64, null=True, blank=True)
     reply_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies")
+    # The conversation is a tree (chat.branches): `parent` is the message before this one on its
+    # branch (None for a first message). A message and the messages with the same parent are its
+    # versions (a regenerated reply, an edited message). `line` numbers the chains of the tree: a
+    # message continues its parent's line unless the parent had a child already, then it starts a
+    # new one (a `Branch` row says where it forks). `depth` is the message's place on its branch
+    # (1 for a first message), so the length of a branch is its last message's depth.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.DO_NOTHING, related_name="+", db_index=False)
+    line = models.PositiveIntegerField(default=1)
+    depth = models.PositiveBigIntegerField(default=0)
     metadata = models.JSONField(default=dict, blank=True)
     error = models.TextField(null=True, blank=True)
     # The server process generating a streaming reply (see chat.turn.liveness); empty otherwise.
@@ -85,10 +94,65 @@ class Message(models.Model):
             # Finding running replies (busy check, interrupted sweep) stays cheap however long the history.
             models.Index(fields=["session"], condition=Q(status="streaming"), name="message_streaming_session"),
             models.Index(fields=["reply_to"], name="message_reply_to"),
+            models.Index(fields=["parent"], name="message_parent"),
         ]
 
     def __str__(self) -> str:
         return f"{self.session_id}#{self.seq} {self.role}"
+
+
+class Branch(models.Model):
+    """Where a line of a session's message tree forks from another (chat.branches). Line 1 has no row.
+
+    A line starts when a message is added under a parent that already has a child (an edit, a
+    regenerated reply): the new line's messages follow `base_seq` of line `base_line`. A first
+    message added when the session has one already (an edit of it) starts a line with no base.
+    """
+
+    session = models.ForeignKey("sessions_app.ChatSession", on_delete=models.CASCADE, related_name="branches")
+    line = models.PositiveIntegerField()
+    base_line = models.PositiveIntegerField(null=True, blank=True)
+    base_seq = models.PositiveBigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["session", "line"], name="branch_session_line_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} line {self.line}"
+
+
+class QueuedMessage(models.Model):
+    """A user message waiting for the session's running turn to end (`on_busy` enqueue or interrupt).
+
+    Saved at once; when the turn is over it becomes a message of the session, in `position`
+    order, and is answered (chat.turn.queue). Any server process takes it, so a queued message
+    outlives the process it arrived at. Until then the user may cancel it.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey("sessions_app.ChatSession", on_delete=models.CASCADE, related_name="queue")
+    position = models.BigIntegerField()
+    content = models.TextField(blank=True, default="")
+    client_id = models.CharField(max_length=64, null=True, blank=True)
+    reply = models.BooleanField(default=True)
+    # The user message this one is a new version of (an edit), if any.
+    edit_of = models.ForeignKey(Message, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    # Sent with on_busy=interrupt: the running turn was stopped for it, and it goes first.
+    interrupt = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "position"], name="queued_session_position_unique"),
+            models.UniqueConstraint(
+                fields=["session", "client_id"], condition=Q(client_id__isnull=False), name="queued_session_client_id_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} queued #{self.position}"
 
 
 class Reaction(models.Model):

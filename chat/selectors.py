@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
+from chat.branches import Tip, session_path
 from chat.exceptions import NotFound
-from chat.models import Agent, Message, Reaction, TokenBudget, UsageDay
+from chat.models import Agent, Message, QueuedMessage, Reaction, TokenBudget, UsageDay
+from chat.serializers import queued_data
 from sessions_app.models import ChatSession
 
 
@@ -17,14 +20,43 @@ def agent_list() -> QuerySet[Agent]:
     return Agent.objects.filter(is_active=True).order_by("slug")
 
 
-def message_page(*, session: ChatSession) -> QuerySet[Message]:
-    """The session's messages in ascending seq, with agents and reactions: two queries per page."""
+def message_page(*, session: ChatSession, leaf: str | None = None, tree: bool = False) -> tuple[QuerySet[Message], int]:
+    """The messages of the session's active branch (or the branch ending at `leaf`, or with `tree` all of them) in
+    ascending seq, with agents and reactions, and how many there are.
+
+    Two queries per page, plus one (where the session's branches fork) when it forked, and one to
+    find `leaf`; the count is kept on rows (chat.branches). A `leaf` not in the session is not found.
+    """
+    messages = Message.objects.filter(session=session)
+    total = session.message_count
+    path = None
+    if leaf is not None:
+        try:
+            found = Message.objects.filter(pk=uuid.UUID(leaf), session=session).values_list("pk", "line", "seq", "depth").first()
+        except ValueError:
+            found = None
+        if found is None:
+            raise NotFound("Message not found.")
+        tip = Tip(*found)
+        path = session_path(session, leaf=tip)
+        total = tip.depth or total
+    elif not tree:
+        path = session_path(session)
+        if path is not None:
+            total = session.leaf_depth
+    if path is not None:
+        messages = messages.filter(path.q())
     return (
-        Message.objects.filter(session=session)
-        .select_related("agent")
+        messages.select_related("agent")
         .prefetch_related(Prefetch("reactions", queryset=Reaction.objects.order_by("created_at", "pk")))
-        .order_by("seq")
+        .order_by("seq"),
+        total,
     )
+
+
+def queue_items(*, session_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The session's queued messages (the `QueuedMessage` shape) in the order they will be answered: one query."""
+    return [queued_data(item) for item in QueuedMessage.objects.filter(session_id=session_id).order_by("position")]
 
 
 def message_get(*, user: AbstractBaseUser, message_id: uuid.UUID | str) -> Message:

@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from chat.exceptions import InvalidInput
-from chat.models import Agent, Message, Reaction
+from chat.models import Agent, Message, QueuedMessage, Reaction
 from chat.validation import validate_content, validate_emoji
 
 
@@ -71,15 +71,23 @@ class MessageSerializer(serializers.ModelSerializer):
     session = serializers.UUIDField(source="session_id", read_only=True)
     agent = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     reply_to = serializers.UUIDField(source="reply_to_id", read_only=True, allow_null=True)
+    parent = serializers.UUIDField(source="parent_id", read_only=True, allow_null=True, help_text="The message before this one on its branch; null for a first message.")
+    versions = serializers.SerializerMethodField(
+        help_text="Ids of this message's versions (the messages with its parent: regenerated replies, edited messages), oldest first, this one included.",
+    )
     reactions = serializers.SerializerMethodField()
 
     class Meta:
         model = Message
         fields = [
             "id", "session", "seq", "role", "type", "content", "status", "agent", "client_id",
-            "reply_to", "metadata", "error", "reactions", "created_at", "completed_at",
+            "reply_to", "parent", "versions", "metadata", "error", "reactions", "created_at", "completed_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_versions(self, message: Message) -> list[str]:
+        return versions(message)
 
     @extend_schema_field(ReactionSerializer(many=True))
     def get_reactions(self, message: Message) -> list[dict[str, Any]]:
@@ -97,6 +105,11 @@ class MessageSerializer(serializers.ModelSerializer):
     def to_representation_by_fields(self, instance: Message) -> dict[str, Any]:
         """DRF's own walk over the declared fields: what `message_data` must equal (see the tests)."""
         return dict(super().to_representation(instance))
+
+
+def versions(message: Message) -> list[str]:
+    """The message's versions as `chat.branches.attach_versions` left them; just itself otherwise."""
+    return getattr(message, "_versions", None) or [str(message.pk)]
 
 
 def iso_datetime(value: datetime | None) -> str | None:
@@ -135,6 +148,8 @@ def message_data(
         "agent": agent.slug if agent is not None else None,
         "client_id": message.client_id,
         "reply_to": str(message.reply_to_id) if message.reply_to_id is not None else None,
+        "parent": str(message.parent_id) if message.parent_id is not None else None,
+        "versions": versions(message),
         "metadata": message.metadata,
         "error": message.error,
         "reactions": summary,
@@ -143,17 +158,59 @@ def message_data(
     }
 
 
+ON_BUSY = ["reject", "enqueue", "interrupt"]
+
+
+def queued_data(item: QueuedMessage) -> dict[str, Any]:
+    """The `QueuedMessage` shape of REST and frames."""
+    return {
+        "id": str(item.pk), "session": str(item.session_id), "content": item.content, "client_id": item.client_id, "reply": item.reply,
+        "edit_of": str(item.edit_of_id) if item.edit_of_id else None, "interrupt": item.interrupt, "created_at": iso_datetime(item.created_at),
+    }
+
+
 class MessageCreateSerializer(serializers.Serializer):
     session = StrictUUIDField()
     type = serializers.ChoiceField(choices=["text"], default="text")
     content = StrictCharField(trim_whitespace=False, allow_blank=True)
     reply = StrictBooleanField(default=True)
+    on_busy = serializers.ChoiceField(
+        choices=ON_BUSY, required=False,
+        help_text="While the session's turn runs: reject (409 busy), enqueue (202, answered when the turn ends), interrupt (the turn is "
+        "stopped, then this is answered). Default: the session's on_busy.",
+    )
+    edit_of = StrictUUIDField(required=False, help_text="A user message of the session this one is a new version of: the conversation branches there.")
 
     def validate_content(self, value: str) -> str:
         try:
             return validate_content(value)
         except InvalidInput as exc:
             raise serializers.ValidationError(exc.detail) from None
+
+
+class RegenerateSerializer(serializers.Serializer):
+    """No fields: `{}` or no body."""
+
+
+class QueuedMessageSerializer(serializers.Serializer):
+    """A user message waiting in its session's queue, answered when the running turn ends."""
+
+    id = serializers.UUIDField()
+    session = serializers.UUIDField()
+    content = serializers.CharField(allow_blank=True)
+    client_id = serializers.CharField(allow_null=True)
+    reply = serializers.BooleanField()
+    edit_of = serializers.UUIDField(allow_null=True)
+    interrupt = serializers.BooleanField(help_text="Sent with on_busy interrupt: it goes first.")
+    created_at = serializers.DateTimeField()
+
+
+class QueuedResponseSerializer(serializers.Serializer):
+    queued = QueuedMessageSerializer()
+
+
+class BranchSwitchSerializer(serializers.Serializer):
+    message = StrictUUIDField(help_text="A message of the session (a version to show): the active branch becomes the one through it, to its newest message.")
 
 
 class ReactionCreateSerializer(serializers.Serializer):

@@ -313,6 +313,8 @@ CHAT = {
     # The kernel's send buffer of a socket (0: the system's, which grows to megabytes for a slow reader).
     "WS_SEND_BUFFER_BYTES": env_int("WS_SEND_BUFFER_BYTES", 128 * 1024),
     "HISTORY_MESSAGES": env_int("HISTORY_MESSAGES", 50),
+    # Messages one session may hold in its queue (sent with on_busy enqueue or interrupt while a turn runs).
+    "MAX_QUEUED_MESSAGES": env_int("MAX_QUEUED_MESSAGES", 10),
     # A reply longer than this ends `failed` with its text kept (a model stuck in a loop).
     "MAX_REPLY_CHARS": env_int("MAX_REPLY_CHARS", 200_000),
     # OpenAI-compatible provider defaults (an agent may override base URL, key variable and model).

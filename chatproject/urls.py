@@ -69,7 +69,11 @@ api_v1 = [
     path("sessions/", sessions_api.SessionListCreate.as_view(), name="sessions"),
     path("sessions/<str:session_id>/", sessions_api.SessionDetail.as_view(), name="session-detail"),
     path("sessions/<str:session_id>/messages/", sessions_api.SessionMessages.as_view(), name="session-messages"),
+    path("sessions/<str:session_id>/switch/", sessions_api.SessionSwitch.as_view(), name="session-switch"),
+    path("sessions/<str:session_id>/queue/", sessions_api.SessionQueue.as_view(), name="session-queue"),
+    path("sessions/<str:session_id>/queue/<str:queued_id>/", sessions_api.SessionQueueItem.as_view(), name="session-queue-item"),
     path("messages/", chat_api.MessageCreate.as_view(), name="messages"),
+    path("messages/<str:message_id>/regenerate/", chat_api.MessageRegenerate.as_view(), name="message-regenerate"),
     path("messages/<str:message_id>/reactions/", chat_api.MessageReactions.as_view(), name="message-reactions"),
     path(
         "messages/<str:message_id>/reactions/<str:emoji>/",

@@ -22,7 +22,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from chat import exports
-from chat.models import Approval, Message, Plan, Reaction, ToolCall
+from chat.branches import attach_versions, on_path, session_path
+from chat.models import Approval, Message, Plan, QueuedMessage, Reaction, ToolCall
 from chat.serializers import summarize_reactions
 from sessions_app.models import ChatSession
 from sessions_app.services import session_update
@@ -112,14 +113,14 @@ class ChatSessionAdmin(admin.ModelAdmin):
     ordering = ("-updated_at", "-id")
     date_hierarchy = "updated_at"
     fields = (
-        "id", "owner", "title", "mode", "agent", "created_at", "updated_at", "seq", "message_count",
-        "prompt_tokens", "completion_tokens", "messages_table", "tool_calls_table", "approvals_table", "plans_table",
+        "id", "owner", "title", "mode", "agent", "on_busy", "created_at", "updated_at", "seq", "message_count", "leaf", "leaf_depth", "lines",
+        "prompt_tokens", "completion_tokens", "messages_table", "queue_table", "tool_calls_table", "approvals_table", "plans_table",
     )
     readonly_fields = (
-        "id", "owner", "mode", "agent", "created_at", "updated_at", "seq", "message_count",
-        "prompt_tokens", "completion_tokens", "messages_table", "tool_calls_table", "approvals_table", "plans_table",
+        "id", "owner", "mode", "agent", "on_busy", "created_at", "updated_at", "seq", "message_count", "leaf", "leaf_depth", "lines",
+        "prompt_tokens", "completion_tokens", "messages_table", "queue_table", "tool_calls_table", "approvals_table", "plans_table",
     )
-    actions = ("download_json", "download_markdown")
+    actions = ("download_json", "download_json_every_branch", "download_markdown")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ChatSession]:
         # The message count is a column of the session row (kept by the steps that add messages).
@@ -165,13 +166,16 @@ class ChatSessionAdmin(admin.ModelAdmin):
         # Seqs are allocated without gaps and never reused: a page is a range of seq (the (session, seq) index).
         messages = list(
             Message.objects.filter(session=session, seq__gt=(page - 1) * MESSAGES_PER_PAGE, seq__lte=page * MESSAGES_PER_PAGE)
-            .select_related("agent")
+            .select_related("agent", "parent")
             .prefetch_related(Prefetch("reactions", queryset=Reaction.objects.order_by("created_at", "pk")))
             .order_by("seq")
         )
         if not messages:
             return "No messages."
-        return format_html("{}{}{}", self._pager(page, pages), self._messages(messages), self._pager(page, pages))
+        # The tree: every version of every message is listed by seq; the active branch (what the user sees) is marked.
+        attach_versions(messages, lines=session.lines)
+        active = on_path(messages, session_path(session))
+        return format_html("{}{}{}", self._pager(page, pages), self._messages(messages, active, session.lines), self._pager(page, pages))
 
     @staticmethod
     def _pager(page: int, pages: int) -> SafeString | str:
@@ -189,13 +193,26 @@ class ChatSessionAdmin(admin.ModelAdmin):
         )
 
     @staticmethod
-    def _messages(messages: list[Message]) -> SafeString:
+    def _messages(messages: list[Message], active: set[Any], lines: int) -> SafeString:
+        def version(message: Message) -> str:
+            versions = getattr(message, "_versions", None)
+            return f"{versions.index(str(message.pk)) + 1} of {len(versions)}" if versions else ""
+
+        def branch(message: Message) -> SafeString | str:
+            if lines <= 1:
+                return "active"
+            mark = "active" if message.pk in active else "other"
+            return format_html('<span class="chat-branch chat-branch--{}">line {} · {}</span>', mark, message.line, mark)
+
         return _table(
             "chat-messages",
-            ["Seq", "Role", "Type", "Status", "Agent", "Content", "Error", "Reactions", "Created"],
+            ["Seq", "Parent", "Branch", "Version", "Role", "Type", "Status", "Agent", "Content", "Error", "Reactions", "Created"],
             (
                 (
-                    message.seq,
+                    format_html("<strong>{}</strong>", message.seq) if message.pk in active else message.seq,
+                    message.parent.seq if message.parent is not None else "-",
+                    branch(message),
+                    version(message),
                     message.role,
                     message.type,
                     message.status,
@@ -206,6 +223,21 @@ class ChatSessionAdmin(admin.ModelAdmin):
                     _when(message.created_at),
                 )
                 for message in messages
+            ),
+        )
+
+    @admin.display(description="Queue")
+    def queue_table(self, session: ChatSession) -> SafeString | str:
+        queued = list(QueuedMessage.objects.filter(session=session).order_by("position"))
+        if not queued:
+            return "No queued messages."
+        return _table(
+            "chat-queue",
+            ["#", "Content", "Reply", "Edit of", "Interrupt", "Client id", "Queued at"],
+            (
+                (i + 1, _pre(item.content), "yes" if item.reply else "no", item.edit_of_id or "-", "yes" if item.interrupt else "no",
+                 item.client_id or "-", _when(item.created_at))
+                for i, item in enumerate(queued)
             ),
         )
 
@@ -284,9 +316,13 @@ class ChatSessionAdmin(admin.ModelAdmin):
         if change and "title" in form.changed_data:
             session_update(session=obj, title=obj.title)
 
-    @admin.action(description="Download as JSON")
+    @admin.action(description="Download as JSON (active branches)")
     def download_json(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> StreamingHttpResponse:
         return _download(exports.iter_export_json(queryset), _export_filename(queryset, "json"), "application/json")
+
+    @admin.action(description="Download as JSON, every branch")
+    def download_json_every_branch(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> StreamingHttpResponse:
+        return _download(exports.iter_export_json(queryset, every_branch=True), _export_filename(queryset, "json"), "application/json")
 
     @admin.action(description="Download as Markdown")
     def download_markdown(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> StreamingHttpResponse:

@@ -25,25 +25,30 @@ def _resolve_agent(slug: str | None) -> Agent | None:
 
 
 def session_create(
-    *, owner: AbstractBaseUser, title: str = "", mode: str = ChatSession.Mode.ORCHESTRATED, agent: str | None = None
+    *, owner: AbstractBaseUser, title: str = "", mode: str = ChatSession.Mode.ORCHESTRATED, agent: str | None = None,
+    on_busy: str = ChatSession.OnBusy.REJECT,
 ) -> ChatSession:
     """Create a session. Direct mode needs an existing active agent (`agent_not_found` otherwise)."""
     resolved = _resolve_agent(agent)
     if mode == ChatSession.Mode.DIRECT and resolved is None:
         raise AgentNotFound("Direct mode needs an agent: give the slug of an active agent.")
-    return ChatSession.objects.create(owner=owner, title=title.strip(), mode=mode, agent=resolved)
+    return ChatSession.objects.create(owner=owner, title=title.strip(), mode=mode, agent=resolved, on_busy=on_busy)
 
 
 def session_update(
-    *, session: ChatSession, title: object = _UNSET, mode: object = _UNSET, agent: object = _UNSET, announce_switch: bool = False
+    *, session: ChatSession, title: object = _UNSET, mode: object = _UNSET, agent: object = _UNSET, on_busy: object = _UNSET,
+    announce_switch: bool = False,
 ) -> ChatSession:
-    """Edit title, mode or agent; broadcasts `session.updated`, and `agent.switched` when the agent
-    changes (or always, with `announce_switch`: a `switch_agent` frame is always answered)."""
+    """Edit title, mode, agent or what a message does while a turn runs (`on_busy`); broadcasts `session.updated`,
+    and `agent.switched` when the agent changes (or always, with `announce_switch`: a `switch_agent` frame is always answered)."""
     fields: list[str] = []
     agent_changed = False
     if title is not _UNSET:
         session.title = str(title).strip()
         fields.append("title")
+    if on_busy is not _UNSET:
+        session.on_busy = str(on_busy)
+        fields.append("on_busy")
     if agent is not _UNSET:
         resolved = _resolve_agent(agent)  # type: ignore[arg-type]
         agent_changed = resolved != session.agent
@@ -55,7 +60,7 @@ def session_update(
     if (mode is not _UNSET or agent is not _UNSET) and session.mode == ChatSession.Mode.DIRECT and session.agent is None:
         raise AgentNotFound("Direct mode needs an agent: give the slug of an active agent.")
     if not fields:
-        raise InvalidInput("Nothing to change: give title, mode or agent.")
+        raise InvalidInput("Nothing to change: give title, mode, agent or on_busy.")
     session.updated_at = timezone.now()
     fields.append("updated_at")
     with transaction.atomic():

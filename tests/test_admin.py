@@ -689,3 +689,33 @@ def test_approval_and_plan_lists_filter_by_status_and_search(admin_client, user,
     assert results(plans_url, status__exact="pending") == [pending_plan]
     assert results(plans_url, q=str(second.pk)) == [done_plan]
     assert results(plans_url, q="Find sources") == [done_plan]
+
+
+def test_session_page_shows_the_tree_with_the_active_branch_marked_and_the_queue(admin_client, user):
+    session = make_session(user, "Tree")
+    first = say(session, user, "first words")
+    turns.turn_start(session_id=session.pk, user=user, content="first words, edited", reply=False, edit_of=first.pk)
+    session.refresh_from_db()
+    from chat.models import QueuedMessage
+
+    QueuedMessage.objects.create(session=session, position=0, content="waiting <b>here</b>", reply=True)
+    page = admin_client.get(change_url(session)).text
+    messages = table(page, "chat-messages")
+    # Both versions are listed by seq, each with its branch; the edited one is on the active branch.
+    assert messages.index("first words</div>") < messages.index("first words, edited")
+    assert "line 1 · other" in messages and "line 2 · active" in messages
+    assert messages.count("1 of 2") == 1 and messages.count("2 of 2") == 1
+    queue = table(page, "chat-queue")
+    assert "waiting &lt;b&gt;here&lt;/b&gt;" in queue
+
+
+def test_exports_every_branch_action_holds_both_versions(admin_client, user):
+    session = make_session(user, "Both")
+    first = say(session, user, "before the edit")
+    turns.turn_start(session_id=session.pk, user=user, content="after the edit", reply=False, edit_of=first.pk)
+    response = admin_client.post(SESSIONS_URL, {"action": "download_json_every_branch", "_selected_action": [str(session.pk)]})
+    body = json.loads(b"".join(response.streaming_content))
+    assert [m["content"] for m in body[0]["messages"]] == ["before the edit", "after the edit"] and body[0]["branches"] == "all"
+    response = admin_client.post(SESSIONS_URL, {"action": "download_json", "_selected_action": [str(session.pk)]})
+    body = json.loads(b"".join(response.streaming_content))
+    assert [m["content"] for m in body[0]["messages"]] == ["after the edit"] and body[0]["branches"] == "active"

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from chat.models import Approval, Message, Plan, Reaction, ToolCall
+from chat.models import Approval, Message, Plan, QueuedMessage, Reaction, ToolCall
 from sessions_app.models import ChatSession
 from sessions_app.services import session_create
 from tests.ws import db, frames_until, next_frame, open_socket, send, token_for
@@ -29,7 +29,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30)
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
 texts = st.text(max_size=40) | st.sampled_from(["", " ", "\x00", "\ud800", "x" * 40000, "/slow 3", "/fail", "/tool calculator {\"expression\": \"2**3001\"}"])
-FRAME_TYPES = ["user_message", "cancel", "switch_agent", "tool_result", "hitl_decision", "plan_decision", "resync", "ping", "no_such_type"]
+FRAME_TYPES = [
+    "user_message", "regenerate", "switch_branch", "queue_cancel", "cancel", "switch_agent", "tool_result", "hitl_decision", "plan_decision", "resync",
+    "ping", "no_such_type",
+]
 
 
 def frames(ids: dict[str, str]) -> st.SearchStrategy[Any]:
@@ -40,6 +43,7 @@ def frames(ids: dict[str, str]) -> st.SearchStrategy[Any]:
         "tool_call_id": some_id, "output": values, "is_error": values, "approval_id": some_id, "plan_id": some_id,
         "decision": st.sampled_from(["approve", "reject"]) | values, "comment": texts | values,
         "request_id": st.integers() | st.text(max_size=120) | values,
+        "on_busy": st.sampled_from(["reject", "enqueue", "interrupt"]) | values, "edit_of": some_id, "queued_id": some_id,
     }
     structured = st.fixed_dictionaries({"type": st.sampled_from(FRAME_TYPES) | values}, optional=fields).map(json.dumps)
     return structured | st.text(min_size=1, max_size=50) | st.sampled_from(["[1]", "null", '{"type": ' + "[" * 3000 + "]" * 3000 + "}"])
@@ -48,7 +52,10 @@ def frames(ids: dict[str, str]) -> st.SearchStrategy[Any]:
 def stored(session_ids: list[Any]) -> list[Any]:
     """Everything a frame or a request could change, of these sessions."""
     return [
-        sorted(ChatSession.objects.filter(pk__in=session_ids).values_list("pk", "title", "mode", "agent_id", "seq", "message_count")),
+        sorted(
+            ChatSession.objects.filter(pk__in=session_ids).values_list("pk", "title", "mode", "agent_id", "seq", "message_count", "leaf_id", "on_busy", "queued")
+        ),
+        sorted(QueuedMessage.objects.filter(session_id__in=session_ids).values_list("pk", "content")),
         sorted(Message.objects.filter(session_id__in=session_ids).values_list("pk", "seq", "status", "content")),
         sorted(ToolCall.objects.filter(session_id__in=session_ids).values_list("pk", "status")),
         sorted(Approval.objects.filter(session_id__in=session_ids).values_list("pk", "status")),
@@ -58,11 +65,13 @@ def stored(session_ids: list[Any]) -> list[Any]:
 
 
 def quiet(session_ids: list[Any]) -> None:
-    """Wait until nothing streams in these sessions (a turn an earlier valid frame started)."""
+    """Wait until nothing streams and nothing is queued in these sessions (a turn an earlier valid frame started)."""
     import time
 
     for _ in range(400):
-        if not Message.objects.filter(session_id__in=session_ids, status=Message.Status.STREAMING).exists():
+        if not Message.objects.filter(session_id__in=session_ids, status=Message.Status.STREAMING).exists() and not QueuedMessage.objects.filter(
+            session_id__in=session_ids
+        ).exists():
             return
         time.sleep(0.025)
 
@@ -111,7 +120,9 @@ async def test_socket_frames_of_every_type_never_fail_the_server_and_refused_one
         await db(quiet, sessions)
 
 
-bodies = st.dictionaries(st.sampled_from(["session", "type", "content", "reply", "title", "mode", "agent", "emoji"]), values | texts, max_size=5)
+bodies = st.dictionaries(
+    st.sampled_from(["session", "type", "content", "reply", "title", "mode", "agent", "emoji", "on_busy", "edit_of", "message"]), values | texts, max_size=5,
+)
 
 
 @given(data=st.data())
@@ -125,7 +136,11 @@ def test_rest_bodies_never_fail_the_server_and_refused_ones_change_nothing(data,
         ("patch", f"/api/v1/sessions/{ids['their_session']}/"),
         ("post", "/api/v1/messages/"),
         ("post", f"/api/v1/messages/{ids['their_message']}/reactions/"),
-    ] + ([("post", f"/api/v1/messages/{message.pk}/reactions/")] if message is not None else [])
+        ("post", f"/api/v1/messages/{ids['their_message']}/regenerate/"),
+        ("post", f"/api/v1/sessions/{mine}/switch/"),
+        ("post", f"/api/v1/sessions/{ids['their_session']}/switch/"),
+        ("delete", f"/api/v1/sessions/{mine}/queue/{ids['their_message']}/"),
+    ] + ([("post", f"/api/v1/messages/{message.pk}/reactions/"), ("post", f"/api/v1/messages/{message.pk}/regenerate/")] if message is not None else [])
     method, path = data.draw(st.sampled_from(targets), label="endpoint")
     body = data.draw(bodies, label="body")
     if data.draw(st.booleans(), label="real session"):

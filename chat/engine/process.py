@@ -29,9 +29,9 @@ from chat.engine.bus import LocalBus, RedisBus, make_bus
 from chat.engine.drive import Driver
 from chat.engine.hub import Hub
 from chat.engine.replies import Replies
-from chat.turn import liveness, outbox
+from chat.turn import liveness, outbox, turns
 from chat.turn import replies as turn_replies
-from chat.turn.turns import Turn, TurnRequest, turn_start_many
+from chat.turn.turns import Queued, Turn, TurnRequest, turn_start_many
 from chatproject import metrics
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class _Running:
         self.driver = driver
         self.tasks: list[asyncio.Task] = []
         self.background: set[asyncio.Task] = set()
-        self.starts: GroupCommit[TurnRequest, Turn] | None = None
+        self.starts: GroupCommit[TurnRequest, Turn | Queued] | None = None
         self.finishes: GroupCommit[turn_replies.FinishRequest, turn_replies.Finished] | None = None
 
     def abandon(self) -> None:
@@ -195,6 +195,8 @@ class Engine:
                 self.spawn(running.driver.run_plan(effect.plan_id))
             elif isinstance(effect, outbox.CancelReply):
                 self.spawn(running.replies.request_cancel(effect.message_id, effect.worker_id or None))
+            elif isinstance(effect, outbox.QueueNext):
+                self.spawn(self.queue_next(effect.session_id))
 
     def _effects_from_elsewhere(self, effects: list[outbox.Effect]) -> None:
         """Effects committed outside the engine's loop (REST views, the admin, commands): handed over without waiting."""
@@ -232,7 +234,7 @@ class Engine:
         holder.add(task)
         task.add_done_callback(lambda t: (holder.discard(t), _log_failure(t)))
 
-    async def start_turn(self, request: TurnRequest) -> Turn:
+    async def start_turn(self, request: TurnRequest) -> Turn | Queued:
         """Start a user's turn, together with whatever other turns wait for the database (group commit)."""
         starts = self._here().starts
         assert starts is not None
@@ -243,6 +245,10 @@ class Engine:
         finishes = self._here().finishes
         assert finishes is not None
         return await finishes.submit(request)
+
+    async def queue_next(self, session_id: uuid.UUID) -> None:
+        """Answer the session's first queued message if its turn is over (the step decides under the session lock)."""
+        await self.write(turns.queue_next, session_id=session_id)
 
     async def send_to_worker(self, worker_id: str, message: dict[str, Any]) -> bool:
         return await self._here().bus.send_to_worker(worker_id, message)
@@ -272,6 +278,9 @@ class Engine:
         await self.write(turn_replies.replies_mark_interrupted, running_here=running.replies.running())
         for work in await running.driver.resume_stalled():
             self.spawn(work)
+        # Queued messages whose turn ended while no process was there to answer them (it died).
+        for session_id in await self.read(turns.sessions_with_stalled_queues):
+            self.spawn(self.queue_next(session_id))
 
     async def _heartbeat(self, running: _Running) -> None:
         beats = 0

@@ -95,7 +95,9 @@ def _without_type(frame: dict[str, Any]) -> dict[str, Any]:
 def _append_message(locked: LockedSession, **fields: Any) -> Message:
     """A complete message at the end of the locked session."""
     now = locked.touch()
-    message = Message.objects.create(session=locked.session, seq=locked.allocate(), status=Message.Status.COMPLETE, completed_at=now, **fields)
+    message = Message(session=locked.session, seq=locked.allocate(), status=Message.Status.COMPLETE, completed_at=now, **fields)
+    locked.append(message)
+    message.save(force_insert=True)
     outbox.frame(locked.pk, events.message_created(message_data(message)))
     return message
 
@@ -293,11 +295,13 @@ def _uuid_or_none(value: Any) -> uuid.UUID | None:
 def _start_reply(locked: LockedSession, *, agent: Agent | None, reply_to: Message | None, context: dict[str, Any], round: int = 0) -> Message:
     """A new streaming assistant reply in an ongoing turn; the caller returns it to be driven."""
     locked.touch()
-    message = Message.objects.create(
+    message = Message(
         session=locked.session, seq=locked.allocate(), role=Message.Role.ASSISTANT, type=Message.Type.TEXT, content="",
         status=Message.Status.STREAMING, agent=agent, reply_to=reply_to, worker_id=liveness.WORKER_ID,
         metadata={"context": context, "round": round},
     )
+    locked.append(message)
+    message.save(force_insert=True)
     outbox.frame(locked.pk, events.message_created(message_data(message)))
     return message
 
@@ -468,16 +472,24 @@ WAITING = (ToolCall.Status.AWAITING_APPROVAL, ToolCall.Status.AWAITING_CLIENT)
 SUPERSEDED_OUTPUT = {"error": "Not run: the user sent a new message instead.", "superseded": True}
 
 
-def turn_admit(*, locked: LockedSession) -> None:
-    """Make way for a new user turn, or raise Busy while the session's turn is not over.
+@dataclass
+class OpenWork:
+    """A session's tool calls that have not ended and its plans pending or running, locked; and whether the turn runs.
 
-    Not over: a tool about to run or running, or a plan running, unless what the turn does now
-    is wait for the user. What waits for the user (an approval, a client tool call, a proposed
-    plan, and so a plan whose step waits) is answered by the new message instead: it ends
-    `superseded`, unrun, with the calls queued behind it, and its reply's turn ends without a
-    continuation. Two queries when something is open; the caller's lock statement tells whether
-    anything is (see `chat.turn.turns`), so a turn with nothing open pays none.
+    It runs while a tool is about to run or running, or a plan runs, unless what the turn does
+    now is wait for the user (an approval, a client tool call, a proposed plan, and so a plan
+    whose step waits).
     """
+
+    calls: list[ToolCall]
+    plans: list[Plan]
+    running: bool
+    why: str = ""
+
+
+def open_work(*, locked: LockedSession) -> OpenWork:
+    """Lock and read what is open in the session: two queries. The caller's lock statement tells whether anything
+    is (see `chat.turn.turns`), so a turn with nothing open pays none."""
     calls = list(
         ToolCall.objects.select_for_update(of=("self",)).select_related("session", "reply", "agent")
         .filter(session_id=locked.pk).exclude(status__in=ENDED).order_by("reply_id", "ordinal")
@@ -485,11 +497,33 @@ def turn_admit(*, locked: LockedSession) -> None:
     first_open: dict[uuid.UUID, ToolCall] = {}
     for call in calls:
         first_open.setdefault(call.reply_id, call)
-    if any(call.status not in WAITING for call in first_open.values()):
-        raise Busy("A tool is still running in this session; wait for the answer.")
     plans = list(Plan.objects.select_for_update(of=("self",)).filter(session_id=locked.pk, status__in=[Plan.Status.PENDING, Plan.Status.RUNNING]))
+    if any(call.status not in WAITING for call in first_open.values()):
+        return OpenWork(calls, plans, True, "A tool is still running in this session; wait for the answer.")
     if any(p.status == Plan.Status.RUNNING for p in plans) and not calls:
-        raise Busy("A plan is running in this session; wait for its last step.")
+        return OpenWork(calls, plans, True, "A plan is running in this session; wait for its last step.")
+    return OpenWork(calls, plans, False)
+
+
+def turn_admit(*, locked: LockedSession) -> None:
+    """Make way for a new user turn, or raise Busy while the session's turn runs (see `OpenWork`).
+
+    What waits for the user is answered by the new message instead: it ends `superseded`, unrun,
+    with the calls queued behind it, and its reply's turn ends without a continuation.
+    """
+    work = open_work(locked=locked)
+    if work.running:
+        raise Busy(work.why)
+    supersede(locked=locked, work=work)
+
+
+def supersede(*, locked: LockedSession, work: OpenWork, keep_running: bool = False) -> None:
+    """End what is open in `work` as `superseded` (unrun), and end the turns of its replies (no continuation).
+
+    `keep_running`: a call running now is left to finish (its result is recorded; nothing follows it).
+    """
+    calls = [call for call in work.calls if not (keep_running and call.status == ToolCall.Status.RUNNING)]
+    plans = work.plans
     now = timezone.now()
     for call in calls:
         if call.status == ToolCall.Status.AWAITING_APPROVAL:
@@ -508,11 +542,30 @@ def turn_admit(*, locked: LockedSession) -> None:
         plan.status, plan.decided_at, plan.worker_id = Plan.Status.SUPERSEDED, plan.decided_at or now, ""
         plan.save(update_fields=["status", "decided_at", "worker_id"])
         _update_metadata(plan.message_id, status=plan.status)
-    reply_ids = {call.reply_id for call in calls} | {plan.reply_id for plan in plans}
+    reply_ids = {call.reply_id for call in work.calls} | {plan.reply_id for plan in plans}
     if reply_ids:
         for reply in Message.objects.select_for_update(of=("self",)).filter(pk__in=reply_ids):
             reply.metadata = {**reply.metadata, "continued": True}
             reply.save(update_fields=["metadata"])
+
+
+def turn_interrupt(*, locked: LockedSession, work: OpenWork | None) -> bool:
+    """Stop the session's turn for a message sent with `on_busy` interrupt. Whether something still runs.
+
+    Replies streaming are cancelled (after commit; their text is kept, status `cancelled`); calls
+    not started yet and what waits for the user end `superseded`, plans too, and no continuation
+    follows. A server tool running now cannot be stopped half-way: it finishes and its result is
+    recorded, nothing after it. Until the cancelled replies are stored and that tool is back,
+    something still runs, and the message waits at the head of the queue.
+    """
+    still = False
+    if work is not None:
+        supersede(locked=locked, work=work, keep_running=True)
+        still = any(call.status == ToolCall.Status.RUNNING for call in work.calls)
+    for message_id, worker_id in Message.objects.filter(session_id=locked.pk, status=Message.Status.STREAMING).values_list("pk", "worker_id"):
+        outbox.after_commit(outbox.CancelReply(message_id, worker_id))
+        still = True
+    return still
 
 
 # Decisions from the client or a person ------------------------------------------------------

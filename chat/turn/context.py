@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
-from chat import tools
+from chat import branches, tools
 from chat.models import Agent, Message
 from chat.turn import rows
 
@@ -48,14 +48,18 @@ def history_items(messages: list[tuple[str, str, str, dict[str, Any]]]) -> list[
     return items
 
 
-def context_for(reply: Message, *, prompt: str, history: list[tuple[str, str, str, dict[str, Any]]] | None = None) -> ReplyContext:
+def context_for(
+    reply: Message, *, prompt: str, history: list[tuple[str, str, str, dict[str, Any]]] | None = None, lines: int = 1,
+) -> ReplyContext:
     """The context of a reply whose rows the caller holds (a turn that just started it).
 
     `history`: the messages before the reply when the caller knows them (a session's first
-    turn: only its user message); otherwise one query reads the recent ones.
+    turn: only its user message); otherwise one query reads the recent ones on the reply's
+    branch (one more for where the branches fork, when the session has more than one: `lines`).
     """
     if history is None:
-        history = rows.history_rows(session_id=reply.session_id, before_seq=reply.seq, limit=settings.CHAT["HISTORY_MESSAGES"])
+        path = branches.path_to(reply.line, reply.seq, branches.bases_of(reply.session_id)) if lines > 1 else None
+        history = rows.history_rows(session_id=reply.session_id, before_seq=reply.seq, limit=settings.CHAT["HISTORY_MESSAGES"], path=path)
     extra = dict(reply.metadata.get("context", {})) if isinstance(reply.metadata, dict) else {}
     return ReplyContext(
         message_id=str(reply.pk),
@@ -71,7 +75,7 @@ def context_for(reply: Message, *, prompt: str, history: list[tuple[str, str, st
 
 def load_context(message_id: uuid.UUID) -> ReplyContext | None:
     """The reply, its agent, and the recent history before it: two queries. None unless it is streaming."""
-    message = Message.objects.select_related("agent", "reply_to").filter(pk=message_id).first()
+    message = Message.objects.select_related("agent", "reply_to", "session").filter(pk=message_id).first()
     if message is None or message.status != Message.Status.STREAMING:
         return None
     extra = dict(message.metadata.get("context", {})) if isinstance(message.metadata, dict) else {}
@@ -79,4 +83,4 @@ def load_context(message_id: uuid.UUID) -> ReplyContext | None:
     prompt = message.reply_to.content if message.reply_to is not None and not extra.get("continuation") else ""
     if extra.get("instruction"):
         prompt = f"Step {extra.get('step')} of {extra.get('steps')} of the approved plan: {extra['instruction']}"
-    return context_for(message, prompt=prompt)
+    return context_for(message, prompt=prompt, lines=message.session.lines)

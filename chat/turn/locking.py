@@ -17,8 +17,10 @@ from datetime import datetime
 from django.db import connection, transaction
 from django.utils import timezone
 
+from chat.branches import Tip
 from chat.exceptions import NotFound
-from chat.turn import rows
+from chat.models import Branch, Message
+from chat.turn import outbox, rows
 from sessions_app.models import ChatSession
 
 
@@ -30,10 +32,12 @@ class LockedSession:
     """
 
     def __init__(self, session: ChatSession, checks: rows.SessionRow | None = None) -> None:
-        # The row's id, owner, seq, message count, mode and agent id (what steps use; not a full instance).
+        # The row's id, owner, seq, message count, mode, agent id, active branch and queue (what steps use; not a full instance).
         self.session = session
         self.checks = checks
         self._changed: set[str] = set()
+        # Set by a step that must not wake the session's queue (the queue's own step).
+        self.quiet = False
 
     @property
     def pk(self) -> uuid.UUID:
@@ -47,13 +51,55 @@ class LockedSession:
         self._changed.update(("seq", "message_count"))
         return first
 
+    def mark(self, *names: str) -> None:
+        """Fields of the row a step changed itself (by attname), to be written back by `save()`."""
+        self._changed.update(names)
+
     def touch(self, when: datetime | None = None) -> datetime:
         """Mark activity (the sessions list is ordered by it)."""
         self.session.updated_at = when or timezone.now()
         self._changed.add("updated_at")
         return self.session.updated_at
 
+    # The message tree (chat.branches) ----------------------------------------------------------
+
+    def append(self, message: Message) -> None:
+        """Put a new message at the end of the active branch (its parent the active leaf) and make it the leaf."""
+        session = self.session
+        message.parent_id, message.line, message.depth = session.leaf_id, session.leaf_line, session.leaf_depth + 1
+        session.leaf_id, session.leaf_depth = message.pk, message.depth
+        self._changed.update(("leaf_id", "leaf_depth"))
+
+    def fork(self, message: Message, parent: Tip | None) -> Branch:
+        """Add a new message under `parent` (None: a new first message) although it has a child already: a new line,
+        whose `Branch` row the caller inserts. The new message becomes the active leaf."""
+        session = self.session
+        session.lines += 1
+        message.parent_id = parent.id if parent is not None else None
+        message.line, message.depth = session.lines, (parent.depth + 1) if parent is not None else 1
+        self.switch(Tip(message.pk, message.line, message.seq, message.depth))
+        self._changed.add("lines")
+        return Branch(session_id=session.pk, line=message.line, base_line=parent.line if parent else None, base_seq=parent.seq if parent else None)
+
+    def switch(self, leaf: Tip) -> None:
+        """Make `leaf` the end of the active branch."""
+        session = self.session
+        session.leaf_id, session.leaf_line, session.leaf_depth = leaf.id, leaf.line, leaf.depth
+        self._changed.update(("leaf_id", "leaf_line", "leaf_depth"))
+
+    def leaf_tip(self) -> Tip | None:
+        """The active leaf, read (one query) when a step needs its seq."""
+        session = self.session
+        if session.leaf_id is None:
+            return None
+        seq = Message.objects.filter(pk=session.leaf_id).values_list("seq", flat=True).first()
+        return Tip(session.leaf_id, session.leaf_line, seq, session.leaf_depth) if seq is not None else None
+
     def save(self) -> None:
+        # Messages wait in the session's queue: whatever this step ended, the queue's own step looks
+        # after the commit whether the turn is over (chat.turn.queue). It costs nothing without a queue.
+        if self.session.queued > 0 and not self.quiet:
+            outbox.after_commit(outbox.QueueNext(self.session.pk))
         if self._changed:
             rows.session_save(self.session.pk, {name: getattr(self.session, name) for name in self._changed})
             self._changed.clear()

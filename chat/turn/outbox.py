@@ -63,7 +63,14 @@ class CancelReply:
     worker_id: str = ""
 
 
-Effect = Frame | StartReply | Drive | RunPlan | CancelReply
+@dataclass(frozen=True)
+class QueueNext:
+    """The session has queued messages: answer the first if its turn is over (chat.turn.queue)."""
+
+    session_id: uuid.UUID
+
+
+Effect = Frame | StartReply | Drive | RunPlan | CancelReply | QueueNext
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from chat import events, usage
+from chat import branches, events, usage
 from chat.exceptions import NotFound
 from chat.models import Message
 from chat.serializers import message_data
@@ -116,6 +116,7 @@ def reply_finish(
             if metadata:
                 message.metadata = {**message.metadata, **metadata}
             message.save(update_fields=["content", "status", "error", "completed_at", "worker_id", "metadata"])
+            branches.attach_versions([message], lines=message.session.lines)
             totals = _account([(session_id, locked.session.owner_id, message.metadata, content)], now)
             if tool_calls:
                 agentic.tool_calls_record(reply=message, calls=tool_calls)
@@ -161,7 +162,11 @@ def reply_finish_many(requests: Sequence[FinishRequest]) -> list[Finished | Exce
     alone = [i for i, r in enumerate(requests) if r.placeholder is None or r.tool_calls]
     if grouped:
         with transaction.atomic():
-            owners = rows.lock_sessions({requests[i].session_id for i in grouped})
+            locked = rows.lock_sessions({requests[i].session_id for i in grouped})
+            owners = {session_id: owner for session_id, (owner, _) in locked.items()}
+            for session_id, (_, queued) in locked.items():
+                if queued:  # messages wait in its queue: answered if this ended the turn (chat.turn.turns.queue_next)
+                    outbox.after_commit(outbox.QueueNext(session_id))
             for i in grouped:
                 if requests[i].session_id not in owners:
                     results[i] = Finished(stored=False)  # the session was deleted meanwhile, its messages with it
@@ -232,6 +237,7 @@ def replies_mark_interrupted(*, session_id: uuid.UUID | None = None, running_her
                     continue
                 message.status, message.error, message.completed_at, message.worker_id = Message.Status.INTERRUPTED, INTERRUPTED, now, ""
                 message.save(update_fields=["status", "error", "completed_at", "worker_id"])
+                branches.attach_versions([message], lines=message.session.lines)
                 outbox.frame(message.session_id, events.message_completed(message_data(message, with_reactions=True)))
         except NotFound:
             continue

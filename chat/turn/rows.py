@@ -25,8 +25,9 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from chat.branches import Path
 from chat.dbvalues import to_datetime, to_uuid
-from chat.models import Agent, Approval, Message, Plan, Reaction, TokenBudget, ToolCall, UsageDay
+from chat.models import Agent, Approval, Message, Plan, QueuedMessage, Reaction, TokenBudget, ToolCall, UsageDay
 from sessions_app.models import ChatSession
 
 ENDED_CALLS = ("done", "failed", "rejected", "superseded")
@@ -83,7 +84,8 @@ def active_agents() -> list[Agent]:
 
 # Sessions -------------------------------------------------------------------------------------
 
-SESSION_FIELDS = ("id", "owner", "seq", "message_count", "mode", "agent")
+SESSION_FIELDS = ("id", "owner", "seq", "message_count", "mode", "agent", "leaf", "leaf_line", "leaf_depth", "lines", "on_busy", "queued")
+N_SESSION = len(SESSION_FIELDS)
 
 
 @dataclass
@@ -94,14 +96,19 @@ class SessionRow:
     open_calls: bool = False
     open_plans: bool = False
     seen_client_id: uuid.UUID | None = None
+    seen_queued: uuid.UUID | None = None  # the queued message (chat.QueuedMessage) with the turn's client_id
     owner_streaming: int = 0  # replies of the session's owner streaming now, in any session
     owner_tokens_today: int = 0  # tokens of the owner's replies today (UsageDay)
     owner_budget: int | None = None  # the owner's own daily token budget (TokenBudget), None: the setting's
 
 
 def _session_from(values: Sequence[Any]) -> ChatSession:
-    session_id, owner_id, seq, message_count, mode, agent_id = values
-    session = ChatSession(id=to_uuid(session_id), owner_id=owner_id, seq=seq, message_count=message_count, mode=mode, agent_id=agent_id)
+    session_id, owner_id, seq, message_count, mode, agent_id, leaf_id, leaf_line, leaf_depth, lines, on_busy, queued = values
+    session = ChatSession(
+        id=to_uuid(session_id), owner_id=owner_id, seq=seq, message_count=message_count, mode=mode, agent_id=agent_id,
+        leaf_id=to_uuid(leaf_id) if leaf_id is not None else None, leaf_line=leaf_line, leaf_depth=leaf_depth, lines=lines,
+        on_busy=on_busy, queued=queued,
+    )
     session._state.adding = False
     session._state.db = connection.alias
     return session
@@ -155,6 +162,8 @@ def lock_for_turns(requests: Sequence[tuple[uuid.UUID, int, str | None]]) -> dic
         f", EXISTS(SELECT 1 FROM {t} t WHERE t.{_col(ToolCall, 'session')} = {sid} AND t.{_col(ToolCall, 'status')} NOT IN ({ended}))"
         f", EXISTS(SELECT 1 FROM {p} p WHERE p.{_col(Plan, 'session')} = {sid} AND p.{_col(Plan, 'status')} IN (%s, %s))"
         f", (SELECT m.{_col(Message, 'id')} FROM {m} m WHERE m.{_col(Message, 'session')} = {sid} AND m.{_col(Message, 'client_id')} = r.client_id)"
+        f", CASE WHEN s.{_col(ChatSession, 'queued')} > 0 THEN (SELECT q.{_col(QueuedMessage, 'id')} FROM {_table(QueuedMessage)} q"
+        f" WHERE q.{_col(QueuedMessage, 'session')} = {sid} AND q.{_col(QueuedMessage, 'client_id')} = r.client_id) END"
         f", {owner_streaming}"
         f", (SELECT u.{_col(UsageDay, 'prompt_tokens')} + u.{_col(UsageDay, 'completion_tokens')} FROM {_table(UsageDay)} u"
         f" WHERE u.{_col(UsageDay, 'user')} = r.owner AND u.{_col(UsageDay, 'day')} = %s)"
@@ -182,20 +191,22 @@ def lock_for_turns(requests: Sequence[tuple[uuid.UUID, int, str | None]]) -> dic
             cursor.execute(sql, params)
             found = cursor.fetchall()
     rows: dict[uuid.UUID, SessionRow] = {}
+    n = N_SESSION
     for row in found:
-        session = _session_from(row[:6])
+        session = _session_from(row[:n])
         rows[session.pk] = SessionRow(
-            session, bool(row[6]), bool(row[7]), bool(row[8]), to_uuid(row[9]) if row[9] is not None else None, int(row[10]),
-            int(row[11] or 0), int(row[12]) if row[12] is not None else None,
+            session, bool(row[n]), bool(row[n + 1]), bool(row[n + 2]), to_uuid(row[n + 3]) if row[n + 3] is not None else None,
+            to_uuid(row[n + 4]) if row[n + 4] is not None else None, int(row[n + 5]), int(row[n + 6] or 0),
+            int(row[n + 7]) if row[n + 7] is not None else None,
         )
     return rows
 
 
 def session_save(session_id: uuid.UUID, values: dict[str, Any]) -> None:
-    """One UPDATE of the locked row's seq, message count and activity."""
-    fields = [ChatSession._meta.get_field(name) for name in values]
-    assignments = ", ".join(f"{_q(f.column)} = %s" for f in fields)
-    params = [f.get_db_prep_save(values[f.name], connection) for f in fields] + [_uuid(session_id)]
+    """One UPDATE of what a step changed on the locked row (seq, message count, activity, active branch, queue), by field name or attname."""
+    fields = [(ChatSession._meta.get_field(name), value) for name, value in values.items()]
+    assignments = ", ".join(f"{_q(f.column)} = %s" for f, _ in fields)
+    params = [f.get_db_prep_save(value, connection) for f, value in fields] + [_uuid(session_id)]
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {_table(ChatSession)} SET {assignments} WHERE {_col(ChatSession, 'id')} = %s", params)
 
@@ -205,11 +216,15 @@ def sessions_save_turns(sessions: Sequence[ChatSession]) -> None:
     if not sessions:
         return
     conn = connections[DEFAULT_DB_ALIAS]
-    fields = [ChatSession._meta.get_field(name) for name in ("seq", "message_count", "updated_at")]
+    fields = [ChatSession._meta.get_field(name) for name in ("seq", "message_count", "updated_at", "leaf", "leaf_depth")]
     assignments = ", ".join(f"{_q(f.column)} = %s" for f in fields)
     sql = f"UPDATE {_table(ChatSession)} SET {assignments} WHERE {_col(ChatSession, 'id')} = %s"
     on_sqlite, as_time = conn.vendor == "sqlite", conn.ops.adapt_datetimefield_value
-    params = [[s.seq, s.message_count, as_time(s.updated_at), s.pk.hex if on_sqlite else s.pk] for s in sessions]
+
+    def key(value: uuid.UUID | None) -> Any:
+        return value.hex if on_sqlite and value is not None else value
+
+    params = [[s.seq, s.message_count, as_time(s.updated_at), key(s.leaf_id), s.leaf_depth, key(s.pk)] for s in sessions]
     with conn.cursor() as cursor:
         if len(params) == 1:
             cursor.execute(sql, params[0])
@@ -254,15 +269,20 @@ def session_for_socket(*, session_id: uuid.UUID, owner_id: int) -> Opened | None
         row = cursor.fetchone()
     if row is None:
         return None
+    n = N_SESSION
     return Opened(
-        session=_session_from(row[:6]), title=row[6], created_at=to_datetime(row[7]), updated_at=to_datetime(row[8]), agent_slug=row[9],
-        prompt_tokens=int(row[10]), completion_tokens=int(row[11]), streaming=bool(row[12]), waiting=bool(row[13] or row[14] or row[15]),
+        session=_session_from(row[:n]), title=row[n], created_at=to_datetime(row[n + 1]), updated_at=to_datetime(row[n + 2]), agent_slug=row[n + 3],
+        prompt_tokens=int(row[n + 4]), completion_tokens=int(row[n + 5]), streaming=bool(row[n + 6]),
+        waiting=bool(row[n + 7] or row[n + 8] or row[n + 9]),
     )
 
 
 # Messages -------------------------------------------------------------------------------------
 
-_INSERT_FIELDS = ("id", "session", "seq", "role", "type", "content", "status", "agent", "client_id", "reply_to", "metadata", "error", "worker_id", "created_at", "completed_at")
+_INSERT_FIELDS = (
+    "id", "session", "seq", "role", "type", "content", "status", "agent", "client_id", "reply_to", "parent", "line", "depth", "metadata", "error",
+    "worker_id", "created_at", "completed_at",
+)
 
 
 def messages_insert(messages: Sequence[Message]) -> None:
@@ -282,6 +302,7 @@ def messages_insert(messages: Sequence[Message]) -> None:
         rows += [
             m.id.hex if on_sqlite else m.id, m.session_id.hex if on_sqlite else m.session_id, m.seq, m.role, m.type, m.content,
             m.status, m.agent_id, m.client_id, (m.reply_to_id.hex if on_sqlite else m.reply_to_id) if m.reply_to_id is not None else None,
+            (m.parent_id.hex if on_sqlite else m.parent_id) if m.parent_id is not None else None, m.line, m.depth,
             metadata.get_db_prep_value(m.metadata, conn), m.error, m.worker_id, as_time(m.created_at), as_time(m.completed_at),
         ]
         m._state.adding = False
@@ -315,15 +336,20 @@ def replies_checkpoint(texts: Sequence[tuple[uuid.UUID, str]]) -> int:
         return cursor.rowcount
 
 
-def history_rows(*, session_id: uuid.UUID, before_seq: int, limit: int) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(role, type, content, metadata) of the last `limit` text, tool call and tool result messages before `before_seq`, oldest first."""
+def history_rows(*, session_id: uuid.UUID, before_seq: int, limit: int, path: Path | None = None) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(role, type, content, metadata) of the last `limit` text, tool call and tool result messages before `before_seq`, oldest first.
+
+    `path`: the branch the history follows (chat.branches); None when the session never forked.
+    """
     m = _table(Message)
+    on_path, path_params = path.sql(_col(Message, "seq"), _col(Message, "line")) if path is not None else ("", [])
     sql = (
         f"SELECT {_col(Message, 'role')}, {_col(Message, 'type')}, {_col(Message, 'content')}, {_col(Message, 'metadata')} FROM {m}"
         f" WHERE {_col(Message, 'session')} = %s AND {_col(Message, 'seq')} < %s AND {_col(Message, 'type')} IN (%s, %s, %s)"
-        f" ORDER BY {_col(Message, 'seq')} DESC LIMIT %s"
+        + (f" AND {on_path}" if on_path else "")
+        + f" ORDER BY {_col(Message, 'seq')} DESC LIMIT %s"
     )
-    params = [_uuid(session_id), before_seq, Message.Type.TEXT, Message.Type.TOOL_CALL, Message.Type.TOOL_RESULT, limit]
+    params = [_uuid(session_id), before_seq, Message.Type.TEXT, Message.Type.TOOL_CALL, Message.Type.TOOL_RESULT, *path_params, limit]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -342,17 +368,20 @@ def reply_end(*, message_id: uuid.UUID, content: str, status: str, error: str | 
         return cursor.rowcount == 1
 
 
-def lock_sessions(session_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, int]:
-    """Lock several session rows, in id order, with one statement; their owners by id (missing ones are left out)."""
+def lock_sessions(session_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, tuple[int, int]]:
+    """Lock several session rows, in id order, with one statement; (owner, queued messages) by id (missing ones are left out)."""
     ids = sorted(set(session_ids))
     if not ids:
         return {}
     sid = f"s.{_col(ChatSession, 'id')}"
     marks = ", ".join(["%s"] * len(ids))
-    sql = f"SELECT {sid}, s.{_col(ChatSession, 'owner')} FROM {_table(ChatSession)} s WHERE {sid} IN ({marks}) ORDER BY {sid}{_lock_clause()}"
+    sql = (
+        f"SELECT {sid}, s.{_col(ChatSession, 'owner')}, s.{_col(ChatSession, 'queued')} FROM {_table(ChatSession)} s"
+        f" WHERE {sid} IN ({marks}) ORDER BY {sid}{_lock_clause()}"
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, [_uuid(session_id) for session_id in ids])
-        return {to_uuid(session_id): owner_id for session_id, owner_id in cursor.fetchall()}
+        return {to_uuid(session_id): (owner_id, queued) for session_id, owner_id, queued in cursor.fetchall()}
 
 
 def sessions_finish(adds: Mapping[uuid.UUID, tuple[int, int]], when: datetime) -> dict[uuid.UUID, tuple[int, int]]:

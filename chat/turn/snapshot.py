@@ -9,7 +9,7 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 
-from chat import usage
+from chat import selectors, usage
 from chat.exceptions import NotFound
 from chat.models import Message
 from chat.serializers import iso_datetime
@@ -44,9 +44,11 @@ def session_snapshot(*, user: AbstractBaseUser, session_id: uuid.UUID, running_h
             "id": str(session.pk), "title": opened.title, "mode": session.mode, "agent": opened.agent_slug,
             "created_at": iso_datetime(opened.created_at), "updated_at": iso_datetime(opened.updated_at), "message_count": session.message_count,
             "usage": usage.as_data(opened.prompt_tokens, opened.completion_tokens),
+            "leaf": str(session.leaf_id) if session.leaf_id is not None else None, "on_busy": session.on_busy,
         },
         "last_seq": session.seq,
         "active": [{"message_id": str(m.pk), "offset": len(m.content), "content": m.content} for m in active],
         "pending": agentic.pending_items(session_id=session.pk) if opened.waiting else [],
+        "queue": selectors.queue_items(session_id=session.pk) if session.queued else [],
     }
     return Snapshot(frame=frame, active=[(m.pk, m.worker_id, len(m.content)) for m in active])

@@ -24,7 +24,7 @@ from chat.engine.hub import Sink
 from chat.engine.process import engine
 from chat.exceptions import ChatError, InvalidInput, NotFound
 from chat.models import Message
-from chat.turn import agentic, turns
+from chat.turn import agentic, branching, turns
 from chat.turn.snapshot import session_snapshot
 from chat.validation import validate_client_id, validate_content, validate_text
 from chat.ws import revoke
@@ -259,11 +259,29 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_user_message(self, frame: Frame) -> None:
         content = validate_content(frame.get("content"))
         client_id = validate_client_id(frame.get("client_id"))
+        on_busy = turns.validate_on_busy(frame.get("on_busy"))
+        edit_of = _uuid_field(frame, "edit_of", required=False)
         started = time.perf_counter()
-        turn = await engine.start_turn(turns.TurnRequest(self.session_id, self.user, content, client_id))
+        request = turns.TurnRequest(self.session_id, self.user, content, client_id, on_busy=on_busy, edit_of=edit_of)
+        turn = await engine.start_turn(request)
         metrics.TURN_START_SECONDS.observe(time.perf_counter() - started)
-        for item in turn.replay:  # a repeated client_id: the sender gets the existing messages again
+        for item in turn.replay:  # a repeated client_id: the sender gets the existing messages (or the queue) again
             self.send_frame(item)
+
+    async def on_regenerate(self, frame: Frame) -> None:
+        message_id = _uuid_field(frame, "message_id")
+        client_id = validate_client_id(frame.get("client_id"))
+        turn = await engine.write(branching.reply_regenerate, user=self.user, session_id=self.session_id, message_id=message_id, client_id=client_id)
+        for item in turn.replay:
+            self.send_frame(item)
+
+    async def on_switch_branch(self, frame: Frame) -> None:
+        message_id = _uuid_field(frame, "message_id")
+        await engine.write(branching.branch_switch, user=self.user, session_id=self.session_id, message_id=message_id)
+
+    async def on_queue_cancel(self, frame: Frame) -> None:
+        queued_id = _uuid_field(frame, "queued_id")
+        await engine.write(turns.queue_cancel, user=self.user, session_id=self.session_id, queued_id=queued_id)
 
     async def on_cancel(self, frame: Frame) -> None:
         message_id = _uuid_field(frame, "message_id", required=False)
@@ -321,6 +339,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     handlers: dict[str, Callable[[ChatConsumer, Frame], Awaitable[None]]] = {
         "user_message": on_user_message,
+        "regenerate": on_regenerate,
+        "switch_branch": on_switch_branch,
+        "queue_cancel": on_queue_cancel,
         "cancel": on_cancel,
         "switch_agent": on_switch_agent,
         "tool_result": on_tool_result,

@@ -12,10 +12,10 @@ API = "/api/v1"
 SESSIONS = f"{API}/sessions/"
 MESSAGES = f"{API}/messages/"
 
-SESSION_KEYS = {"id", "title", "mode", "agent", "created_at", "updated_at", "message_count", "usage"}
+SESSION_KEYS = {"id", "title", "mode", "agent", "created_at", "updated_at", "message_count", "usage", "leaf", "on_busy"}
 MESSAGE_KEYS = {
     "id", "session", "seq", "role", "type", "content", "status", "agent", "client_id",
-    "reply_to", "metadata", "error", "reactions", "created_at", "completed_at",
+    "reply_to", "parent", "versions", "metadata", "error", "reactions", "created_at", "completed_at",
 }
 
 

@@ -17,7 +17,7 @@ from django.utils import timezone
 from chat import events
 from chat.engine.process import engine
 from chat.idempotency import idempotency_purge
-from chat.models import Approval, IdempotencyRecord, Message, Plan, ToolCall
+from chat.models import Approval, IdempotencyRecord, Message, Plan, QueuedMessage, ToolCall
 from chat.turn import outbox
 from chat.turn.rows import ENDED_CALLS
 from sessions_app.models import ChatSession
@@ -26,9 +26,11 @@ OPEN_PLANS = (Plan.Status.PENDING, Plan.Status.APPROVED, Plan.Status.RUNNING)
 
 
 def _under_way(session_ref: Any) -> Q:
-    """The session's turn is not over: a reply streaming, a tool call not ended, a plan pending or between steps, an approval pending."""
+    """The session's turn is not over: a reply streaming, a tool call not ended, a plan pending or between steps, an approval pending,
+    a message queued."""
     return (
-        Exists(Message.objects.filter(session=session_ref, status=Message.Status.STREAMING))
+        Exists(QueuedMessage.objects.filter(session=session_ref))
+        | Exists(Message.objects.filter(session=session_ref, status=Message.Status.STREAMING))
         | Exists(ToolCall.objects.filter(session=session_ref).exclude(status__in=ENDED_CALLS))
         | Exists(Plan.objects.filter(session=session_ref, status__in=OPEN_PLANS))
         | Exists(Approval.objects.filter(session=session_ref, status=Approval.Status.PENDING))
