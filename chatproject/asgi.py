@@ -24,6 +24,7 @@ if settings.SERVE_STATIC:
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.engine.process import engine  # noqa: E402
+from chat.turn import outbox  # noqa: E402
 from chat.turn.replies import replies_mark_interrupted  # noqa: E402
 from chat.ws import routes  # noqa: E402
 from chat.ws.auth import SocketAuthMiddleware  # noqa: E402
@@ -48,9 +49,12 @@ application = ProtocolTypeRouter(
 
 
 def _startup_sweep() -> None:
-    """At server start: mark the replies of dead processes `interrupted`."""
+    """At server start: mark the replies of dead processes `interrupted` (what follows, frames and queued messages, once
+    the server's loop runs)."""
     try:
-        marked = replies_mark_interrupted()
+        with outbox.collecting() as effects:
+            marked = replies_mark_interrupted()
+        engine.defer(effects)
         if marked:
             logging.getLogger(__name__).info("Marked %d interrupted replies at startup", len(marked))
     except Exception:  # the database may not be migrated yet; the socket-open sweep covers it later

@@ -70,6 +70,32 @@ async def test_killed_server_leaves_user_message_and_interrupted_reply(user, dap
     await ws.close()
 
 
+async def test_a_queued_message_whose_process_died_is_answered_by_another(user, daphne_server):  # type: ignore[no-untyped-def]
+    token = await db(token_for, user)
+    session = await db(session_create, owner=user)
+    server = daphne_server(env={"DEMO_SLOW_DELAY": "0.05"})
+    ws = await connect(server, session.pk, token)
+    await recv(ws)  # session.ready
+    await ws.send(json.dumps({"type": "user_message", "content": "/slow 400"}))
+    await until(ws, "message.delta")
+    await ws.send(json.dumps({"type": "user_message", "content": "after the crash", "on_busy": "enqueue"}))
+    assert [q["content"] for q in (await until(ws, "queue.updated"))[-1]["queue"]] == ["after the crash"]
+    server.kill()  # the reply dies with it; the queued message is in the database
+    await ws.close()
+
+    other = daphne_server()
+    ws = await connect(other, session.pk, token)
+    await recv(ws)
+    # A sweep (at this server's start, or its heartbeat's) finds the dead process's reply, ends it, and the queue goes on here.
+    answered = await until(ws, "message.completed", where=lambda f: f["message"]["role"] == "assistant" and f["message"]["status"] == "complete", timeout=60)
+    reply = answered[-1]["message"]
+    rows = await db(lambda: list(Message.objects.filter(session=session).order_by("seq")))
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "interrupted"), ("user", "complete"), ("assistant", "complete")]
+    assert rows[2].content == "after the crash" and str(rows[3].pk) == reply["id"] and '"after the crash"' in reply["content"]
+    assert rows[2].parent_id == rows[1].pk  # answered on the branch, after the interrupted reply
+    await ws.close()
+
+
 @requires_postgres
 @requires_redis
 async def test_two_processes_share_turns_and_mid_stream_snapshots(user, daphne_server):  # type: ignore[no-untyped-def]

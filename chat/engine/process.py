@@ -72,6 +72,8 @@ class Engine:
         self._private_loop: asyncio.AbstractEventLoop | None = None
         self._private_lock = threading.Lock()
         self._shutdown_hooked = False
+        # Effects committed before the server's loop existed (the startup sweep), carried out on it.
+        self._deferred: list[outbox.Effect] = []
         outbox.install(self._effects_from_elsewhere)
 
     # The loop ------------------------------------------------------------------------------------
@@ -143,6 +145,9 @@ class Engine:
             await self.write(liveness.heartbeat)
         except Exception:  # the database may be down; the heartbeat retries
             logger.warning("First heartbeat failed", exc_info=True)
+        if loop is not self._private_loop and self._deferred:
+            deferred, self._deferred = self._deferred, []
+            self.dispatch(deferred)
         return running
 
     def _private(self) -> asyncio.AbstractEventLoop:
@@ -214,6 +219,11 @@ class Engine:
     async def _dispatch_when_started(self, effects: list[outbox.Effect]) -> None:
         await self.start()
         self.dispatch(effects)
+
+    def defer(self, effects: list[outbox.Effect]) -> None:
+        """Effects of sync code that runs before the server's loop (the startup sweep): carried out once the engine starts
+        on it, so a reply they start (a queued message answered) is a task of the server, not of a private loop."""
+        self._deferred.extend(effects)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine as a task of the process (not of the request or socket that caused it), kept until it ends.
