@@ -94,7 +94,7 @@ class Message(models.Model):
             # Finding running replies (busy check, interrupted sweep) stays cheap however long the history.
             models.Index(fields=["session"], condition=Q(status="streaming"), name="message_streaming_session"),
             models.Index(fields=["reply_to"], name="message_reply_to"),
-            models.Index(fields=["parent"], name="message_parent"),
+            models.Index(fields=["session", "parent"], name="message_session_parent"),
         ]
 
     def __str__(self) -> str:
@@ -126,7 +126,7 @@ class QueuedMessage(models.Model):
     """A user message waiting for the session's running turn to end (`on_busy` enqueue or interrupt).
 
     Saved at once; when the turn is over it becomes a message of the session, in `position`
-    order, and is answered (chat.turn.queue). Any server process takes it, so a queued message
+    order, and is answered (chat.turn.turns). Any server process takes it, so a queued message
     outlives the process it arrived at. Until then the user may cancel it.
     """
 

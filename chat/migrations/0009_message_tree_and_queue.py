@@ -1,8 +1,8 @@
 # The conversation as a tree (chat.branches): each message's parent, line and depth, the lines
 # that fork (Branch), and the queue of user messages sent while a turn runs (QueuedMessage).
 # Existing messages are one line each session, every message the parent of the next; their
-# parents and depths are filled in by sessions_app.0004, which also points each session at its
-# last message.
+# parents and depths are filled in by sessions_app.0005, which also points each session at its
+# last message; the (session, parent) index is built by 0010.
 #
 # On SQLite, adding the non-null `line` and `depth` makes Django rebuild chat_message, which drops
 # the search triggers of chat.0008 and renumbers the rows: they are made again and the search
@@ -37,6 +37,8 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # Undone last when the migration is rolled back (after the rebuild that undoing the fields makes).
+        migrations.RunPython(migrations.RunPython.noop, repair_search),
         migrations.CreateModel(
             name='Branch',
             fields=[
@@ -76,10 +78,6 @@ class Migration(migrations.Migration):
             model_name='message',
             name='parent',
             field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='chat.message'),
-        ),
-        migrations.AddIndex(
-            model_name='message',
-            index=models.Index(fields=['parent'], name='message_parent'),
         ),
         migrations.AddField(
             model_name='branch',
