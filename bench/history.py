@@ -9,7 +9,14 @@ the real API in-process (DRF's `APIClient`, `Authorization: Token …`, `DEBUG=0
 - `deep page`: the page that starts halfway through the big session. Its cursor is a real `next`
   link: the big session is paged from the start with `?limit=200` (the last step shorter, so the
   cursor lands exactly on the midpoint), outside the timed part; the timed URL keeps only the
-  `cursor`, so the page has the default size (50), like the newest page.
+  `cursor`, so the page has the default size (50), like the newest page;
+- `branched newest page`, `branched deep page`: the same two reads of a session as long as the big
+  one whose conversation forked `FORKS` (100) times along its active branch: a chain of 101
+  lines, each forking from the one before just before its last message (so one message of each
+  is off the branch), every message written with its parent, line and depth, a `Branch` row per
+  fork and the session's leaf at the end of the last line, as edits and regenerated replies
+  leave them. The active branch is then 101 line ranges: the filter of chat.branches with 100
+  `WHEN`s, the worst a long, much-edited conversation asks of a page.
 
 Each read gets 3 warm-up requests, then at least 30 timed ones (p50 and p95, in ms, of the whole
 request through Django's stack). Then a few more requests run under `CaptureQueriesContext` for
@@ -75,7 +82,8 @@ BATCH = 5_000
 PAGE_SIZE = 50  # the default page size of both paginations (chatproject/pagination.py)
 CAPTURED_REQUESTS = 5
 BACKENDS = ("sqlite", "pg")
-READS = ("sessions list", "newest page", "deep page")
+READS = ("sessions list", "newest page", "deep page", "branched newest page", "branched deep page")
+FORKS = 100
 # Messages per session, in order of activity: the last one is the big session, the newest.
 SCALES: dict[str, list[int]] = {
     "1k": [1_000],
@@ -111,16 +119,18 @@ def has_field(model: Any, name: str) -> bool:
 
 def message_rows(
     session_id: uuid.UUID, count: int, start: datetime, content: Callable[[int], str] | None = None,
+    tree: Callable[[int], tuple[uuid.UUID, uuid.UUID | None, int, int]] | None = None,
 ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
     """The columns of `Message` and its rows for one session, prepared for the database as the ORM would.
 
-    `content(seq)` gives a message's text (default: a short numbered sentence)."""
+    `content(seq)` gives a message's text (default: a short numbered sentence); `tree(seq)` its
+    (id, parent id, line, depth) when the conversation forked (default: a new id, the fields' defaults)."""
     from django.db import connection
 
     from chat.models import Message
 
     fields = Message._meta.concrete_fields
-    varying = {"id", "session", "seq", "role", "content", "created_at", "completed_at"}
+    varying = {"id", "session", "seq", "role", "content", "created_at", "completed_at"} | ({"parent", "line", "depth"} if tree else set())
     constants = {"type": Message.Type.TEXT, "status": Message.Status.COMPLETE}
     const = {f.name: f.get_db_prep_save(constants.get(f.name, f.get_default()), connection) for f in fields if f.name not in varying}
     by_name = {f.name: f for f in fields}
@@ -129,8 +139,14 @@ def message_rows(
     def rows() -> Iterator[tuple[Any, ...]]:
         for seq in range(1, count + 1):
             at = by_name["created_at"].get_db_prep_save(start + timedelta(seconds=seq), connection)
+            placed = {}
+            message_id = uuid.uuid4()
+            if tree:
+                message_id, parent, line, depth = tree(seq)
+                placed = {"parent": by_name["parent"].get_db_prep_save(parent, connection), "line": line, "depth": depth}
             values = {
-                "id": by_name["id"].get_db_prep_save(uuid.uuid4(), connection),
+                **placed,
+                "id": by_name["id"].get_db_prep_save(message_id, connection),
                 "session": sid,
                 "seq": seq,
                 "role": Message.Role.USER.value if seq % 2 else Message.Role.ASSISTANT.value,
@@ -144,13 +160,16 @@ def message_rows(
     return [f.column for f in fields], rows()
 
 
-def insert_messages(session_id: uuid.UUID, count: int, start: datetime, content: Callable[[int], str] | None = None) -> None:
+def insert_messages(
+    session_id: uuid.UUID, count: int, start: datetime, content: Callable[[int], str] | None = None,
+    tree: Callable[[int], tuple[uuid.UUID, uuid.UUID | None, int, int]] | None = None,
+) -> None:
     """One session's messages: one COPY on PostgreSQL, executemany in batches on SQLite (see message_rows)."""
     from django.db import connection, transaction
 
     from chat.models import Message
 
-    columns, rows = message_rows(session_id, count, start, content)
+    columns, rows = message_rows(session_id, count, start, content, tree)
     table = connection.ops.quote_name(Message._meta.db_table)
     names = ", ".join(connection.ops.quote_name(c) for c in columns)
     with transaction.atomic(), connection.cursor() as cursor:
@@ -203,6 +222,41 @@ def fill(sizes: list[int]) -> tuple[str, uuid.UUID, dict[str, float]]:
     return token.key, session_id, seconds
 
 
+def fill_branched(user: Any, count: int, at: datetime) -> tuple[uuid.UUID, int]:
+    """A session of `count` messages whose active branch forked FORKS times (see the module's docstring): (id, branch length)."""
+    from chat.models import Branch
+    from sessions_app.models import ChatSession
+
+    per_line = max(2, count // (2 * FORKS))
+    first_line = count - FORKS * per_line
+    ids = [uuid.uuid4() for _ in range(count + 1)]  # by seq; [0] unused
+    starts = [1] + [first_line + 1 + k * per_line for k in range(FORKS)]  # the first seq of each line
+    places: dict[int, tuple[uuid.UUID | None, int, int]] = {}
+    depth_of: dict[int, int] = {}
+    for index, first in enumerate(starts):
+        line = index + 1
+        last = (starts[index + 1] - 1) if index + 1 < len(starts) else count
+        # Each line after the first forks from the previous line's message before its last.
+        base = starts[index] - 2 if index else None
+        parent_depth = depth_of[base] if base else 0
+        for seq in range(first, last + 1):
+            parent = ids[base] if seq == first and base else (ids[seq - 1] if seq != first else None)
+            depth = (parent_depth + 1) if seq == first else depth_of[seq - 1] + 1
+            depth_of[seq] = depth
+            places[seq] = (parent, line, depth)
+    session = ChatSession.objects.create(owner=user, title=f"Branched ({count:,} messages, {FORKS} forks)")
+    insert_messages(session.pk, count, at, tree=lambda seq: (ids[seq], *places[seq]))
+    Branch.objects.bulk_create(
+        [Branch(session=session, line=k + 2, base_line=k + 1, base_seq=starts[k + 1] - 2) for k in range(FORKS)]
+    )
+    length = depth_of[count]
+    ChatSession.objects.filter(pk=session.pk).update(
+        seq=count, message_count=count, leaf_id=ids[count], leaf_line=FORKS + 1, leaf_depth=length, lines=FORKS + 1,
+        created_at=at, updated_at=at + timedelta(seconds=count),
+    )
+    return session.pk, length
+
+
 def get_json(client: Any, url: str) -> dict[str, Any]:
     response = client.get(url)
     if response.status_code != 200:
@@ -226,6 +280,25 @@ def deep_page_url(client: Any, session_id: uuid.UUID, count: int) -> str:
         url = urlunsplit(("", "", parts.path, urlencode(query, doseq=True), ""))
     if last != half:
         raise RuntimeError(f"paging stopped at seq {last}, not {half}")
+    parts = urlsplit(page["next"])
+    return urlunsplit(("", "", parts.path, urlencode({"cursor": parse_qs(parts.query)["cursor"]}, doseq=True), ""))
+
+
+def deep_cursor_url(client: Any, session_id: uuid.UUID, skip: int) -> str:
+    """The `next` link (its cursor only) after the first `skip` messages of the session's active branch."""
+    url = f"/api/v1/sessions/{session_id}/messages/?limit={min(200, skip)}"
+    read = 0
+    while True:
+        page = get_json(client, url)
+        read += len(page["results"])
+        if read >= skip or not page["next"]:
+            break
+        parts = urlsplit(page["next"])
+        query = parse_qs(parts.query)
+        query["limit"] = [str(min(200, skip - read))]
+        url = urlunsplit(("", "", parts.path, urlencode(query, doseq=True), ""))
+    if read != skip:
+        raise RuntimeError(f"paging stopped after {read} messages, not {skip}")
     parts = urlsplit(page["next"])
     return urlunsplit(("", "", parts.path, urlencode({"cursor": parse_qs(parts.query)["cursor"]}, doseq=True), ""))
 
@@ -311,6 +384,19 @@ def child(backend: str, scale: str, requests: int, warmup: int) -> dict[str, Any
     sizes = SCALES[scale]
     token, session_id, seconds = fill(sizes)
     big = sizes[-1]
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    # Another user's, so the sessions list reads what it read before.
+    started_branched = time.perf_counter()
+    brancher = get_user_model().objects.create_user("histbench-branched", password=None)
+    branched_id, branched_length = fill_branched(brancher, big, datetime.now(UTC) - timedelta(days=400))
+    branched_client = APIClient()
+    branched_client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=brancher).key}")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE")
+    seconds["insert_s"] += time.perf_counter() - started_branched
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     half = big // 2
@@ -328,11 +414,25 @@ def child(backend: str, scale: str, requests: int, warmup: int) -> dict[str, Any
         seqs = [m["seq"] for m in page["results"]]
         expect(seqs == list(range(half + 1, half + PAGE_SIZE + 1)), f"deep page {seqs[:1]}..{seqs[-1:]}")
 
+    def branched_newest_ok(page: dict[str, Any]) -> None:
+        seqs = [m["seq"] for m in page["results"]]
+        expect(page["total_count"] == branched_length and len(seqs) == PAGE_SIZE and seqs[-1] == big, f"branched newest page {seqs[:1]}..{seqs[-1:]}")
+        expect(all(m["parent"] == p["id"] for p, m in zip(page["results"], page["results"][1:], strict=False)), "a branch page is a chain")
+
+    branched_half = branched_length // 2
+
+    def branched_deep_ok(page: dict[str, Any]) -> None:
+        expect(len(page["results"]) == PAGE_SIZE and page["total_count"] == branched_length, "branched deep page size")
+        expect(all(m["parent"] == p["id"] for p, m in zip(page["results"], page["results"][1:], strict=False)), "a branch page is a chain")
+
     deep_url = deep_page_url(client, session_id, big)
+    branched_deep_url = deep_cursor_url(branched_client, branched_id, branched_half)
     reads = [
         measure(client, "sessions list", "/api/v1/sessions/", requests, warmup, sessions_ok),
         measure(client, "newest page", f"/api/v1/sessions/{session_id}/messages/?from=end", requests, warmup, newest_ok),
         measure(client, "deep page", deep_url, requests, warmup, deep_ok),
+        measure(branched_client, "branched newest page", f"/api/v1/sessions/{branched_id}/messages/?from=end", requests, warmup, branched_newest_ok),
+        measure(branched_client, "branched deep page", branched_deep_url, requests, warmup, branched_deep_ok),
     ]
     with connection.cursor() as cursor:
         cursor.execute("SELECT version()" if connection.vendor == "postgresql" else "SELECT 'SQLite ' || sqlite_version()")
@@ -344,6 +444,7 @@ def child(backend: str, scale: str, requests: int, warmup: int) -> dict[str, Any
         "sessions": len(sizes),
         "messages": sum(sizes),
         "big_session_messages": big,
+        "branched_session": {"messages": big, "forks": FORKS, "active_branch": branched_length},
         "fill": {"migrate_s": round(migrate_s, 2), "insert_s": round(seconds["insert_s"], 2), "analyze_s": round(seconds["analyze_s"], 2)},
         "reads": reads,
         # Over the last minute, this process included (about 1; PostgreSQL's backend adds to it): other work on the machine shows as more.

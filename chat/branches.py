@@ -26,7 +26,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Case, IntegerField, Q, Value, When
+from django.db import connection
+from django.db.models import BooleanField, Q
+from django.db.models.expressions import RawSQL
 
 from chat.models import Branch, Message
 
@@ -54,26 +56,35 @@ class Path:
     def contains(self, line: int, seq: int) -> bool:
         return self.line_at(seq) == line
 
-    def q(self, prefix: str = "") -> Q:
-        """This path as a filter on messages (of its session)."""
+    def q(self) -> Q | RawSQL:
+        """This path as a filter on a queryset of messages (of its session).
+
+        Written as SQL: compiling a CASE of a hundred WHENs through the ORM costs far more than the
+        database takes to run it.
+        """
         if len(self.ranges) == 1:
-            return Q(**{f"{prefix}seq__lte": self.leaf_seq, f"{prefix}line": self.ranges[0][0]})
-        line = Case(
-            *[When(**{f"{prefix}seq__gt": above}, then=Value(ln)) for ln, above in self.ranges[:-1]],
-            default=Value(self.ranges[-1][0]), output_field=IntegerField(),
-        )
-        return Q(**{f"{prefix}seq__lte": self.leaf_seq}) & Q(**{f"{prefix}line": line})
+            return Q(seq__lte=self.leaf_seq, line=self.ranges[0][0])
+        table = connection.ops.quote_name(Message._meta.db_table)
+        seq, line = (f"{table}.{connection.ops.quote_name(Message._meta.get_field(name).column)}" for name in ("seq", "line"))
+        sql, params = self.sql(seq, line)
+        return RawSQL(sql, params, output_field=BooleanField())
 
     def sql(self, seq: str, line: str) -> tuple[str, list[Any]]:
-        """This path as an SQL condition on the columns `seq` and `line` (quoted by the caller)."""
+        """This path as an SQL condition on the columns `seq` and `line` (quoted by the caller).
+
+        A CASE of comparisons, not `line = CASE ... END`: PostgreSQL guesses an equality with an
+        expression keeps 0.5% of the rows and may then read a whole seq range and sort it; an
+        opaque condition it guesses at one half, and it walks the (session, seq) index in order
+        and stops at the page's end.
+        """
         if len(self.ranges) == 1:
             return f"{seq} <= %s AND {line} = %s", [self.leaf_seq, self.ranges[0][0]]
-        cases = " ".join(f"WHEN {seq} > %s THEN %s" for _ in self.ranges[:-1])
+        cases = " ".join(f"WHEN {seq} > %s THEN {line} = %s" for _ in self.ranges[:-1])
         params: list[Any] = [self.leaf_seq]
         for ln, above in self.ranges[:-1]:
             params += [above, ln]
         params.append(self.ranges[-1][0])
-        return f"{seq} <= %s AND {line} = CASE {cases} ELSE %s END", params
+        return f"{seq} <= %s AND (CASE {cases} ELSE {line} = %s END)", params
 
 
 Bases = dict[int, tuple[int | None, int | None]]
@@ -158,14 +169,24 @@ def attach_versions(messages: Sequence[Message], *, lines: int) -> None:
     roots = any(m.parent_id is None for m in messages)
     where = Q(parent_id__in=parents) if parents else Q(pk__in=[])
     if roots:
-        where |= Q(parent__isnull=True)
-    siblings: dict[uuid.UUID | None, list[str]] = {}
-    for parent_id, message_id in Message.objects.filter(session_id=session_id).filter(where).order_by("seq").values_list("parent_id", "pk"):
-        siblings.setdefault(parent_id, []).append(str(message_id))
+        where |= Q(parent__isnull=True)  # (session, parent) is indexed: a session's first messages are found at once
+    found: dict[uuid.UUID | None, list[tuple[int, str]]] = {}
+    # Sorted here, not by the database: ORDER BY seq would lead SQLite to the (session, seq) index,
+    # which reads the whole session, instead of the (session, parent) one.
+    for parent_id, message_id, seq in Message.objects.filter(session_id=session_id).filter(where).order_by().values_list("parent_id", "pk", "seq"):
+        found.setdefault(parent_id, []).append((seq, str(message_id)))
+    siblings = {parent_id: [message_id for _, message_id in sorted(versions)] for parent_id, versions in found.items()}
     for message in messages:
         found = siblings.get(message.parent_id)
         if found and len(found) > 1:
             message._versions = found  # type: ignore[attr-defined]
+
+
+def sibling_ids(session_id: uuid.UUID, parent_id: uuid.UUID | None) -> list[str]:
+    """The ids of the messages under `parent_id` (the session's first messages for None), oldest first: one query on the
+    (session, parent) index (sorted here: ORDER BY seq would lead SQLite to the (session, seq) index instead)."""
+    found = Message.objects.filter(session_id=session_id, parent_id=parent_id).order_by().values_list("seq", "pk")
+    return [str(pk) for _, pk in sorted(found)]
 
 
 def versions_of(message: Message, *, lines: int) -> list[str]:
