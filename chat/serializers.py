@@ -11,6 +11,7 @@ from rest_framework import serializers
 from chat.exceptions import InvalidInput
 from chat.models import Agent, Message, QueuedMessage, Reaction
 from chat.validation import validate_content, validate_emoji
+from sessions_app.models import ChatSession
 
 
 class StrictCharField(serializers.CharField):
@@ -158,9 +159,6 @@ def message_data(
     }
 
 
-ON_BUSY = ["reject", "enqueue", "interrupt"]
-
-
 def queued_data(item: QueuedMessage) -> dict[str, Any]:
     """The `QueuedMessage` shape of REST and frames."""
     return {
@@ -175,7 +173,7 @@ class MessageCreateSerializer(serializers.Serializer):
     content = StrictCharField(trim_whitespace=False, allow_blank=True)
     reply = StrictBooleanField(default=True)
     on_busy = serializers.ChoiceField(
-        choices=ON_BUSY, required=False,
+        choices=ChatSession.OnBusy.choices, required=False,
         help_text="While the session's turn runs: reject (409 busy), enqueue (202, answered when the turn ends), interrupt (the turn is "
         "stopped, then this is answered). Default: the session's on_busy.",
     )

@@ -176,6 +176,9 @@ async def test_versions_wait_for_the_running_turn_and_bad_requests_change_nothin
     await send(comm, {"type": "regenerate", "message_id": r1["id"], "request_id": "again"})
     error = (await frames_until(comm, "error"))[-1]
     assert (error["code"], error["request_id"]) == ("busy", "again")
+    # An edit moves the branch: it waits for the running reply even when it asks for no reply.
+    response = await rest(api, "post", MESSAGES, {"session": str(session.pk), "content": "x", "reply": False, "edit_of": u1["id"]})
+    assert (response.status_code, response.json()["code"]) == (409, "busy")
     await send(comm, {"type": "cancel"})
     await frames_until(comm, "message.completed", where=lambda f: f["message"]["id"] == running)
 
@@ -296,3 +299,18 @@ async def test_tens_of_sockets_regenerating_at_once_make_one_version(user, token
     assert outcomes.count("ok") == 1 and outcomes.count("busy") == 19
     for tab in [first, *tabs]:
         await tab.disconnect()
+
+
+async def test_a_regenerated_reply_counts_as_a_turn_of_the_minute(user, token, api, settings):  # type: ignore[no-untyped-def]
+    settings.CHAT = {**settings.CHAT, "TURNS_PER_MINUTE": 2}
+    session = await db(session_create, owner=user)
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    _, reply, _ = await turn(comm, "one")
+    response = await rest(api, "post", f"{MESSAGES}{reply['id']}/regenerate/", {})
+    assert response.status_code == 201
+    await frames_until(comm, "message.completed", where=lambda f: f["message"]["id"] == response.json()["id"])
+    response = await rest(api, "post", f"{MESSAGES}{reply['id']}/regenerate/", {})
+    assert (response.status_code, response.json()["code"]) == (429, "rate_limited")
+    assert await db(Message.objects.filter(session=session).count) == 3
+    await comm.disconnect()

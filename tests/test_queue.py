@@ -235,3 +235,19 @@ async def test_tens_of_sockets_sending_at_once_start_one_turn_and_the_rest_are_b
     for tab in tabs:
         await tab.disconnect()
     assert await db(Message.objects.filter(session=session, role="user").count) == 1
+
+
+async def test_a_queued_message_without_a_reply_does_not_hold_up_the_ones_behind_it(user, token, api, settings):  # type: ignore[no-untyped-def]
+    # No heartbeat sweep during the test: only the turn's own ends move the queue on.
+    settings.CHAT = {**settings.CHAT, "WORKER_HEARTBEAT": 3600}
+    session = await db(session_create, owner=user, on_busy="enqueue")
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await start_slow(comm, 30)
+    for body in ({"content": "first"}, {"content": "a note, no reply", "reply": False}, {"content": "then answer this"}):
+        response = await rest(api, "post", MESSAGES, {"session": str(session.pk), **body})
+        assert response.status_code == 202, response.content
+    messages = await wait_idle(session.pk)
+    assert [m.content for m in messages if m.role == "user"] == ["/slow 30", "first", "a note, no reply", "then answer this"]
+    assert messages[-1].role == "assistant" and messages[-1].status == "complete" and messages[-1].reply_to_id == messages[-2].pk
+    await comm.disconnect()

@@ -48,7 +48,7 @@ def _idle(row: LockedSession) -> agentic.OpenWork | None:
         raise Busy(work.why)
     if row.session.queued:
         raise Busy(QUEUED)
-    return work
+    return work if work is not None and (work.calls or work.plans) else None
 
 
 def reply_regenerate(*, user: AbstractBaseUser, session_id: uuid.UUID, message_id: uuid.UUID, client_id: str | None = None) -> Turn:
@@ -59,6 +59,8 @@ def reply_regenerate(*, user: AbstractBaseUser, session_id: uuid.UUID, message_i
     gone. Busy while the session's turn runs; what waits for the user is superseded, as by a new
     message. A repeated `client_id` returns the reply it made (created=False).
     """
+    if (refused := budget.take_turn(user.pk)) is not None:  # a regenerated reply is a turn of the minute's budget
+        raise refused
     with transaction.atomic():
         row = _lock(session_id, user, client_id)
         checks = row.checks
@@ -105,8 +107,7 @@ def _new_version(locked: LockedSession, target: Message, client_id: str | None) 
         metadata={"context": context, "round": int(target.metadata.get("round", 0) or 0), "regenerates": str(target.pk)},
     )
     parent = branches.tip_of(target.parent) if target.parent is not None else None
-    siblings = Message.objects.filter(session_id=session.pk, parent_id=target.parent_id).order_by("seq").values_list("pk", flat=True)
-    reply._versions = [str(pk) for pk in siblings] + [str(reply.pk)]  # type: ignore[attr-defined]
+    reply._versions = [*branches.sibling_ids(session.pk, target.parent_id), str(reply.pk)]  # type: ignore[attr-defined]
     reply._branch = locked.fork(reply, parent)  # type: ignore[attr-defined]
     return reply
 

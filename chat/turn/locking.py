@@ -97,7 +97,7 @@ class LockedSession:
 
     def save(self) -> None:
         # Messages wait in the session's queue: whatever this step ended, the queue's own step looks
-        # after the commit whether the turn is over (chat.turn.queue). It costs nothing without a queue.
+        # after the commit whether the turn is over (chat.turn.turns). It costs nothing without a queue.
         if self.session.queued > 0 and not self.quiet:
             outbox.after_commit(outbox.QueueNext(self.session.pk))
         if self._changed:

@@ -65,7 +65,7 @@ class CancelReply:
 
 @dataclass(frozen=True)
 class QueueNext:
-    """The session has queued messages: answer the first if its turn is over (chat.turn.queue)."""
+    """The session has queued messages: answer the first if its turn is over (chat.turn.turns)."""
 
     session_id: uuid.UUID
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from chat import branches, events, usage
 from chat.exceptions import NotFound
-from chat.models import Message
+from chat.models import Message, QueuedMessage
 from chat.serializers import message_data
 from chat.turn import agentic, liveness, outbox, rows
 from chat.turn.locking import session_step
@@ -90,6 +90,9 @@ def reply_finish(
     try:
         with session_step(session_id) as locked:
             now = timezone.now()
+            if tool_calls and status == Message.Status.COMPLETE and _interrupt_waits(locked):
+                # The user interrupted the turn as its model finished: the calls it asked for do not run.
+                status, tool_calls = Message.Status.CANCELLED, None
             if placeholder is not None:
                 merged = {**placeholder.metadata, **metadata} if metadata else placeholder.metadata
                 if rows.reply_end(message_id=message_id, content=content, status=status, error=error, completed_at=now, metadata=merged):
@@ -124,6 +127,11 @@ def reply_finish(
     except NotFound:
         return Finished(stored=False)  # the session was deleted meanwhile, its messages with it
     return Finished(stored=True, advance=bool(tool_calls) and status == Message.Status.COMPLETE)
+
+
+def _interrupt_waits(locked: Any) -> bool:
+    """Whether a message sent with on_busy interrupt waits in the locked session's queue (chat.turn.turns)."""
+    return bool(locked.session.queued) and QueuedMessage.objects.filter(session_id=locked.pk, interrupt=True).exists()
 
 
 @dataclass(frozen=True)
@@ -202,10 +210,16 @@ def reply_finish_many(requests: Sequence[FinishRequest]) -> list[Finished | Exce
 
 
 def reply_fail_plainly(*, message_id: uuid.UUID, content: str, error: str) -> None:
-    """Last resort when `reply_finish` keeps failing: one UPDATE, so the reply does not stay `streaming`."""
+    """Last resort when `reply_finish` keeps failing: one UPDATE, so the reply does not stay `streaming`.
+
+    Its session's queue, if it has one, is asked to go on (its step locks the session itself).
+    """
+    session_id = Message.objects.filter(pk=message_id).values_list("session_id", flat=True).first()
     Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
         content=content, status=Message.Status.FAILED, error=error, completed_at=timezone.now(), worker_id=""
     )
+    if session_id is not None:
+        outbox.after_commit(outbox.QueueNext(session_id))
 
 
 def replies_mark_interrupted(*, session_id: uuid.UUID | None = None, running_here: Collection[uuid.UUID] = ()) -> list[Message]:
@@ -231,10 +245,13 @@ def replies_mark_interrupted(*, session_id: uuid.UUID | None = None, running_her
         elif worker_id not in dead:
             continue
         try:
-            with session_step(message_session_id):
+            with session_step(message_session_id) as locked:
                 message = Message.objects.select_for_update(of=("self",)).select_related("agent", "session").filter(pk=message_id).first()
                 if message is None or message.status != Message.Status.STREAMING or message.worker_id != worker_id:
                     continue
+                # The session row changes too: a turn waiting for its lock then reads what this step did
+                # (chat.turn.rows.lock_for_turns), and the reply's end is activity.
+                locked.touch(now)
                 message.status, message.error, message.completed_at, message.worker_id = Message.Status.INTERRUPTED, INTERRUPTED, now, ""
                 message.save(update_fields=["status", "error", "completed_at", "worker_id"])
                 branches.attach_versions([message], lines=message.session.lines)

@@ -17,12 +17,13 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from chat import branches, events, idempotency, routing, selectors
 from chat.branches import Tip
 from chat.exceptions import AgentNotFound, Busy, ChatError, InvalidInput, NotFound
-from chat.models import Agent, Branch, Message, QueuedMessage
+from chat.models import Agent, Branch, Message, Plan, QueuedMessage, ToolCall
 from chat.serializers import message_data, queued_data
 from chat.turn import agentic, budget, liveness, outbox, rows
 from chat.turn.context import context_for
@@ -245,7 +246,9 @@ def _turn_start_alone(request: TurnRequest) -> Turn | Queued:
         # Open tool calls or plans: running (a message without a reply too: it would land between a
         # tool call and its result), or waiting for the user (then this message supersedes them).
         work = agentic.open_work(locked=row) if checks.open_calls or checks.open_plans else None
-        running = (request.reply and checks.streaming) or (work is not None and work.running)
+        # A reply streaming makes a turn wait, and an edit too, even without a reply: it moves the active
+        # branch, and the running reply's tool calls and continuation belong on the branch it is on.
+        running = ((request.reply or fork is not None) and checks.streaming) or (work is not None and work.running)
         if running or row.session.queued:
             policy = request.on_busy or row.session.on_busy
             if policy == ChatSession.OnBusy.REJECT:
@@ -327,8 +330,8 @@ def _new_turn(locked: LockedSession, request: TurnRequest, agents: list[Agent] |
     if fork is None:
         locked.append(user_message)
     else:
-        siblings = Message.objects.filter(session_id=session.pk, parent_id=fork.parent.id if fork.parent else None).order_by("seq")
-        user_message._versions = [str(pk) for pk in siblings.values_list("pk", flat=True)] + [str(user_message.pk)]  # type: ignore[attr-defined]
+        siblings = branches.sibling_ids(session.pk, fork.parent.id if fork.parent else None)
+        user_message._versions = [*siblings, str(user_message.pk)]  # type: ignore[attr-defined]
         branch = locked.fork(user_message, fork.parent)
     messages = [user_message]
     assistant = None
@@ -365,8 +368,7 @@ def _enqueue(locked: LockedSession, request: TurnRequest, *, first: bool) -> Que
     session.queued += 1
     locked.mark("queued")
     locked.touch()
-    locked.quiet = True  # the turn runs: nothing to answer yet
-    locked.save()
+    locked.save()  # asks the queue's step to look after the commit: nothing is answered while the turn runs
     outbox.frame(session.pk, events.queue_updated(session.pk, selectors.queue_items(session_id=session.pk)))
     return Queued(item=item, created=True)
 
@@ -403,6 +405,8 @@ def queue_next(*, session_id: uuid.UUID) -> Turn | None:
         row.mark("queued")
         # Accepted when it was queued: today's budgets were checked then, and a turn accepted finishes.
         turn = _new_turn(row, request, rows.active_agents() if request.reply else None, fork=fork)
+        # A message without a reply starts no turn whose end would take the next one: take it now.
+        row.quiet = turn.reply is not None
         write_turn(row, turn)
         outbox.frame(session_id, events.queue_updated(session_id, selectors.queue_items(session_id=session_id)))
     _start_reply_after_commit(turn)
@@ -422,10 +426,18 @@ def queue_cancel(*, user: AbstractBaseUser, session_id: uuid.UUID, queued_id: uu
 
 
 def sessions_with_stalled_queues(*, older_than: float = 10.0, limit: int = 100) -> list[uuid.UUID]:
-    """Sessions whose queue has waited a while: to be looked at again by `queue_next` (whose process may have died)."""
+    """Sessions whose queue has waited a while with nothing under way: `queue_next` should have taken their next message
+    (its process may have died). Sessions whose queue is held (a turn runs, something waits for a person) are left out,
+    so however many of those there are, these are found."""
     since = timezone.now() - timezone.timedelta(seconds=older_than)
-    found = QueuedMessage.objects.filter(created_at__lt=since).order_by("created_at").values_list("session_id", flat=True)[: limit * 10]
-    return list(dict.fromkeys(found))[:limit]
+    session = OuterRef("session_id")
+    held = (
+        Exists(Message.objects.filter(session_id=session, status=Message.Status.STREAMING))
+        | Exists(ToolCall.objects.filter(session_id=session).exclude(status__in=rows.ENDED_CALLS))
+        | Exists(Plan.objects.filter(session_id=session, status__in=rows.OPEN_PLANS))
+    )
+    found = QueuedMessage.objects.filter(created_at__lt=since).exclude(held).order_by("created_at").values_list("session_id", flat=True)
+    return list(dict.fromkeys(found[: limit * 10]))[:limit]
 
 
 _FIELDS = [f.attname for f in Message._meta.concrete_fields]
