@@ -68,8 +68,12 @@ export const api = {
   messages: (url) => request("GET", url),
   // The newest page (still ascending by seq), with a `previous` link to older pages.
   latestMessagesUrl: (id, limit = 100) => `/api/v1/sessions/${id}/messages/?from=end&limit=${limit}`,
-  postMessage: (sessionId, content, key) =>
-    request("POST", "/api/v1/messages/", { session: sessionId, type: "text", content }, { "Idempotency-Key": key }),
+  // `extra`: `on_busy`, `edit_of`. The answer is the user Message (201), or `{"queued"}` (202).
+  postMessage: (sessionId, content, key, extra = {}) =>
+    request("POST", "/api/v1/messages/", { session: sessionId, type: "text", content, ...extra }, { "Idempotency-Key": key }),
+  regenerate: (messageId) => request("POST", `/api/v1/messages/${messageId}/regenerate/`, {}),
+  switchBranch: (sessionId, messageId) => request("POST", `/api/v1/sessions/${sessionId}/switch/`, { message: messageId }),
+  cancelQueued: (sessionId, queuedId) => request("DELETE", `/api/v1/sessions/${sessionId}/queue/${queuedId}/`),
   react: (messageId, emoji) => request("POST", `/api/v1/messages/${messageId}/reactions/`, { emoji }),
   unreact: (messageId, emoji) =>
     request("DELETE", `/api/v1/messages/${messageId}/reactions/${encodeURIComponent(emoji)}/`),

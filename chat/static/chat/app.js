@@ -3,7 +3,8 @@
 //
 // The server is the source of truth. Frames carry ids and offsets: deltas are applied by
 // offset (repeats dropped, gaps left for the catch-up delta or `message.completed` to fill),
-// and after every `session.ready` (each connect) the tail of the history is fetched again.
+// and after every `session.ready` (each connect) and every `branch.switched` the active branch
+// of the history is read again.
 //
 // This module selects a chat (its socket and its history), handles the page-wide keys and starts
 // the page. The rest lives in modules that import each other without cycles, from the bottom up:
@@ -11,11 +12,13 @@
 //   reactions.js  reaction chips and the emoji picker
 //   cards.js      pending tool calls, approvals and plans
 //   messages.js   the message list: rendering, streaming deltas, the composer's state
-//   history.js    the history over REST
+//   queue.js      the messages waiting in the session's queue, and their Cancel
+//   history.js    the history over REST: the newest page, older pages, the branch read again
 //   sidebar.js    the list of chats
-//   header.js     title, usage, mode and agent
+//   header.js     title, usage, mode, agent and what a message does while a reply runs
 //   composer.js   the message box: sending and stopping
-//   frames.js     the socket's frames
+//   versions.js   versions of a message: the switcher, Regenerate, Edit
+//   frames.js     the socket's frames, and following the active branch
 // with api.js (REST), markdown.js, socket.js (the session socket), search.js and tools.js (the
 // client tools) below them. A call that goes up the graph goes through `hooks` (state.js).
 
@@ -25,10 +28,11 @@ import { initSearch } from "./search.js";
 import { dom, errorText, hooks, scrollToBottom, setConnState, showNotice, state, updateEmpty } from "./state.js";
 import { closePicker, picker } from "./reactions.js";
 import { updateComposer } from "./messages.js";
+import { setQueue } from "./queue.js";
 import { loadHistory, loadOlder, maybeLoadOlder } from "./history.js";
-import { loadSessions, renderSessionList, sessionGone, setSidebar, sortedSessions } from "./sidebar.js";
+import { loadSessions, renderSessionList, sessionGone, setSidebar, sortedSessions, upsertSession } from "./sidebar.js";
 import { renderHeader } from "./header.js";
-import { flushQueue, handleError, handleFrame } from "./frames.js";
+import { flushQueue, followBranch, handleError, handleFrame } from "./frames.js";
 
 // Sessions: selecting one --------------------------------------------------------
 
@@ -43,11 +47,15 @@ function clearSession() {
   state.sends.clear();
   state.pending.clear();
   state.queue = null;
+  state.reading = null;
+  state.anchor = null;
+  state.acting = false;
   state.readySeen = 0;
   state.olderUrl = null;
   state.loadingOlder = false;
   closePicker();
   dom.messages.replaceChildren();
+  setQueue([]);
   dom.older.hidden = true;
   setConnState("offline");
   history.replaceState(null, "", location.pathname);
@@ -101,21 +109,25 @@ async function selectSession(id) {
 }
 
 // A message found by search: open its chat, then read older pages until it is there (a progress
-// note while that takes), scroll to it and mark it for a moment.
-async function openMessage(sessionId, messageId) {
+// note while that takes), scroll to it and mark it for a moment. A message on another branch than
+// the active one (an earlier version, or what followed one) is never on those pages: once the
+// pages have gone past its `seq` (along a branch `seq` only grows), or there is none left, the
+// chat switches to the branch through it (as choosing that version would) and looks again.
+async function openMessage(sessionId, messageId, seq) {
   if (!state.current || state.current.id !== sessionId || !state.messages.has(messageId)) await selectSession(sessionId);
   const generation = state.generation;
-  let pages = 0;
-  while (!state.messages.has(messageId) && state.olderUrl && generation === state.generation) {
-    if (state.loadingOlder) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      continue;
+  const progress = { pages: 0 };
+  if ((await readUntil(messageId, seq, generation, progress)) === false) {
+    try {
+      const session = await api.switchBranch(sessionId, messageId);
+      if (generation !== state.generation) return;
+      upsertSession(session);
+      await followBranch(generation, session.leaf);
+    } catch (err) {
+      if (generation === state.generation) showNotice(`That message is on another branch of this chat, which cannot be shown now: ${errorText(err)}`);
+      return;
     }
-    pages += 1;
-    if (pages > 1) showNotice(`Finding the message… (${pages} pages of history read)`);
-    const before = state.olderUrl;
-    await loadOlder();
-    if (state.olderUrl === before) return; // the page could not be read (its error is shown): no retry loop
+    await readUntil(messageId, seq, generation, progress);
   }
   if (generation !== state.generation) return;
   const entry = state.messages.get(messageId);
@@ -123,13 +135,39 @@ async function openMessage(sessionId, messageId) {
     showNotice("That message is no longer in this chat.");
     return;
   }
-  if (pages > 1) dom.notice.hidden = true;
+  if (progress.pages > 1) dom.notice.hidden = true;
   history.replaceState(null, "", `${location.pathname}?s=${encodeURIComponent(sessionId)}&m=${encodeURIComponent(messageId)}`);
   entry.el.scrollIntoView({ block: "center" });
   entry.el.classList.remove("msg--found");
   void entry.el.offsetWidth; // restart the animation when the same message is opened again
   entry.el.classList.add("msg--found");
   setSidebar(false);
+}
+
+// Older pages until the message is on the page (true), or it cannot be on this branch (false);
+// null when a page could not be read (its error is shown) or another chat was opened.
+async function readUntil(messageId, seq, generation, progress) {
+  for (;;) {
+    if (state.reading) await state.reading;
+    if (generation !== state.generation) return null;
+    if (state.messages.has(messageId)) return true;
+    if ((Number.isFinite(seq) && oldestSeq() <= seq) || !state.olderUrl) return false;
+    if (state.loadingOlder) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      continue;
+    }
+    progress.pages += 1;
+    if (progress.pages > 1) showNotice(`Finding the message… (${progress.pages} pages of history read)`);
+    const before = state.olderUrl;
+    await loadOlder();
+    if (state.olderUrl === before && !state.reading) return null; // no retry loop
+  }
+}
+
+function oldestSeq() {
+  let seq = Infinity;
+  for (const entry of state.messages.values()) if (Number.isFinite(entry.data.seq) && entry.data.seq < seq) seq = entry.data.seq;
+  return seq;
 }
 
 // Keyboard -----------------------------------------------------------------------
@@ -170,7 +208,7 @@ async function start() {
 }
 
 // The calls that go up the module graph (see `hooks` in state.js).
-Object.assign(hooks, { renderHeader, selectSession, clearSession, handleError });
+Object.assign(hooks, { renderHeader, selectSession, clearSession, handleError, followBranch });
 
 initSearch({ onOpen: openMessage, errorText });
 start();

@@ -87,6 +87,22 @@ export function placePendingCards() {
   }
 }
 
+// After the branch was read again: a card whose message is no longer shown (it was on another
+// branch) goes if it was settled, as after a reload; one still open stays, at the end.
+export function dropDetachedPending() {
+  for (const record of [...state.pending.values()]) {
+    const hostId = record.item.message_id;
+    if (!hostId || state.messages.has(hostId)) continue;
+    if (record.resolved) {
+      record.el.remove();
+      state.pending.delete(record.key);
+    } else if (record.placedAfterHost) {
+      record.placedAfterHost = false;
+      dom.messages.append(record.el);
+    }
+  }
+}
+
 function buildPendingCard(kind, item) {
   const card = h("section", { class: `pending pending--${kind}`, dataset: { kind, pendingId: item[ID_FIELD[kind]] } });
   const status = h("p", { class: "pending__status", role: "status" });

@@ -1,10 +1,14 @@
 // The composer: the message box and its Send and Stop buttons. A message is shown at once as
 // a "sending" bubble and goes over the socket once it is ready (again after each
-// `session.ready` until the server has it), or over REST if it is not.
+// `session.ready` until the server has it), or over REST if it is not. It carries the session's
+// `on_busy` (what it does if a reply runs: refused, queued, or it interrupts the reply). An
+// edited message (versions.js) is sent the same way, with `edit_of`; its bubble stands in for the
+// message it edits until the branch is read again.
 
 import { api } from "./api.js";
 import { dom, errorText, h, hooks, scrollToBottom, showNotice, state, updateEmpty, uuid4 } from "./state.js";
 import { dropSend, updateComposer, upsertMessage } from "./messages.js";
+import { addQueued } from "./queue.js";
 import { upsertSession } from "./sidebar.js";
 
 // Composer ---------------------------------------------------------------------
@@ -43,7 +47,8 @@ dom.composer.addEventListener("submit", async (event) => {
   sendMessage(content);
 });
 
-async function sendMessage(content) {
+// `editOf`: the id of the user message this one is a new version of.
+export async function sendMessage(content, { editOf = null } = {}) {
   const session = state.current;
   const generation = state.generation;
   const clientId = uuid4();
@@ -54,17 +59,27 @@ async function sendMessage(content) {
     h("div", { class: "msg__main" }, h("header", { class: "msg__meta" }, h("span", { class: "msg__author", text: "You" }), h("span", { class: "msg__time", text: "Sending…" })), h("div", { class: "msg__body", text: content })),
   );
   // sent: went out over the socket (re-sent after every session.ready until its
-  // message.created comes); rest: went out over REST instead (never re-sent on the socket).
-  const send = { el: bubble, content, sent: false, rest: false };
+  // message.created comes); rest: went out over REST instead (never re-sent on the socket);
+  // original: the element of the message an edit replaces (hidden while the bubble stands in).
+  const original = editOf ? state.messages.get(editOf)?.el : null;
+  const send = { el: bubble, content, sent: false, rest: false, editOf, onBusy: session.on_busy || null, original: null };
   state.sends.set(clientId, send);
-  dom.messages.append(bubble);
-  scrollToBottom();
-  dom.input.value = "";
-  autosize();
-  state.hadFocus = true;
+  if (original && original.isConnected) {
+    original.after(bubble);
+    original.hidden = true;
+    send.original = original;
+  } else {
+    dom.messages.append(bubble);
+    scrollToBottom();
+  }
+  if (!editOf) {
+    dom.input.value = "";
+    autosize();
+    state.hadFocus = true;
+  }
   updateComposer();
   updateEmpty();
-  const isFirst = !session.title && state.messages.size === 0;
+  const isFirst = !editOf && !session.title && state.messages.size === 0;
   const ready = await waitForReady(5000);
   if (generation !== state.generation || state.sends.get(clientId) !== send) return;
   if (ready && state.socket.send(userMessageFrame(clientId, send))) {
@@ -74,10 +89,13 @@ async function sendMessage(content) {
     // The answer carries no client_id, so the bubble is replaced here, not by message.created.
     send.rest = true;
     try {
-      const message = await api.postMessage(session.id, content, clientId);
+      const answer = await api.postMessage(session.id, content, clientId, sendOptions(send));
       if (generation !== state.generation) return;
       dropSend(clientId, false);
-      upsertMessage(message);
+      if (answer && answer.queued) addQueued(answer.queued);
+      else if (editOf) await hooks.followBranch(generation, answer.id); // a new branch: read it
+      else upsertMessage(answer);
+      updateComposer();
     } catch (err) {
       if (generation === state.generation) hooks.handleError({ type: "error", code: err.code, detail: errorText(err), request_id: clientId });
       return;
@@ -89,8 +107,15 @@ async function sendMessage(content) {
   }
 }
 
+function sendOptions(send) {
+  const options = {};
+  if (send.onBusy) options.on_busy = send.onBusy;
+  if (send.editOf) options.edit_of = send.editOf;
+  return options;
+}
+
 function userMessageFrame(clientId, send) {
-  return { type: "user_message", content: send.content, client_id: clientId, request_id: clientId };
+  return { type: "user_message", content: send.content, client_id: clientId, request_id: clientId, ...sendOptions(send) };
 }
 
 // A frame sent just before the connection died may never have reached the server. After every

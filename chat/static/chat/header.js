@@ -1,8 +1,10 @@
-// The header: the open chat's title, its token usage, and the mode and agent selects, which
-// change the session (the agent over the socket while it is open, else over REST).
+// The header: the open chat's title, its token usage, and the mode, agent and "while replying"
+// selects, which change the session (the agent over the socket while it is open, else over
+// REST; the session's `on_busy` with a PATCH, which every tab hears as `session.updated`).
 
 import { api } from "./api.js";
 import { dom, errorText, h, sessionTitle, showNotice, state } from "./state.js";
+import { updateComposer } from "./messages.js";
 import { upsertSession } from "./sidebar.js";
 
 // Header: title, mode and agent ------------------------------------------------
@@ -28,8 +30,10 @@ export function renderHeader() {
   document.title = current ? `${sessionTitle(current)} · Chat` : "Chat";
   dom.controls.hidden = !current;
   if (current) dom.mode.value = current.mode || "orchestrated";
+  if (current) dom.onBusy.value = current.on_busy || "reject";
   renderUsage(current);
   renderAgents();
+  updateComposer(); // the composer's use while a reply runs follows `on_busy`
 }
 
 // The chat's tokens, as its replies' providers reported them (the session's `usage`, kept
@@ -69,6 +73,17 @@ dom.agent.addEventListener("change", async () => {
   if (state.socket && state.socket.send({ type: "switch_agent", agent: slug, request_id: "switch_agent" })) return;
   try {
     upsertSession(await api.updateSession(current.id, { agent: slug }));
+  } catch (err) {
+    showNotice(errorText(err));
+    renderHeader();
+  }
+});
+
+dom.onBusy.addEventListener("change", async () => {
+  const current = state.current;
+  if (!current) return;
+  try {
+    upsertSession(await api.updateSession(current.id, { on_busy: dom.onBusy.value }));
   } catch (err) {
     showNotice(errorText(err));
     renderHeader();

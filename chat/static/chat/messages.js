@@ -1,8 +1,9 @@
 // Messages: one entry per message in `state.messages`, its element kept in `seq` order and
 // rendered again as its data changes (markdown for replies, in settled blocks while they
 // stream; card bodies for tool calls, approvals and plans); streaming deltas applied by offset,
-// gaps noted and asked for again; the bubbles of sends the server has not confirmed yet
-// (`dropSend`); and the composer's state while a reply runs or a send is out.
+// gaps noted and asked for again; each message's actions (its versions `‹ 2 / 3 ›`, Edit,
+// Regenerate: built here, handled by versions.js); the bubbles of sends the server has not
+// confirmed yet (`dropSend`); and the composer's state while a reply runs or a send is out.
 
 import { renderMarkdown } from "./markdown.js";
 import { agentName, CARD_TYPES, codePoints, dateFormat, dom, h, isNearBottom, pretty, scrollToBottom, state, STATUS_LABELS, timeFormat, updateEmpty } from "./state.js";
@@ -55,7 +56,8 @@ function buildMessageElement(entry) {
   const body = h("div", { class: "msg__body" });
   const error = h("p", { class: "msg__error", role: "note", hidden: true });
   const reactions = h("div", { class: "reactions", role: "group", "aria-label": "Reactions" });
-  const main = h("div", { class: "msg__main" }, meta, body, error, reactions);
+  const actions = h("div", { class: "msg__actions", hidden: true });
+  const main = h("div", { class: "msg__main" }, meta, body, error, reactions, actions);
   article.append(avatar, main);
   entry.el = article;
   return article;
@@ -148,7 +150,58 @@ function renderMessage(entry) {
   error.hidden = !data.error;
   error.textContent = data.error || "";
   renderReactions(entry);
+  renderActions(entry);
   if (stick) scrollToBottom();
+}
+
+// The message's actions: its versions (`‹ 2 / 3 ›`, when it has more than one), Edit on the
+// user's own text messages, Regenerate on an assistant's text reply that has ended. Built again
+// only when what they depend on changes (a streaming reply renders every frame).
+function renderActions(entry) {
+  const { data, el } = entry;
+  const box = el.querySelector(".msg__actions");
+  const versions = Array.isArray(data.versions) ? data.versions : [];
+  const at = versions.indexOf(data.id);
+  const saved = Number.isFinite(data.seq) && data.type === "text" && data.status !== "streaming";
+  const edit = saved && data.role === "user";
+  const regenerate = saved && data.role === "assistant";
+  const key = `${versions.length > 1 && at >= 0 ? versions.join() : ""}|${at}|${edit}|${regenerate}`;
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
+  const parts = [];
+  if (versions.length > 1 && at >= 0) {
+    const step = (target, label, symbol) =>
+      h("button", { type: "button", class: "btn btn--icon btn--tiny msg__action", dataset: target ? { action: "version", target } : { action: "version", end: "true" }, "aria-label": label, title: label }, symbol);
+    parts.push(
+      h(
+        "span",
+        { class: "versions", role: "group", "aria-label": `Version ${at + 1} of ${versions.length}` },
+        step(versions[at - 1] || "", "Previous version", "‹"),
+        h("span", { class: "versions__label", "aria-hidden": "true", text: `${at + 1} / ${versions.length}` }),
+        step(versions[at + 1] || "", "Next version", "›"),
+      ),
+    );
+  }
+  const button = (action, label, symbol, text) =>
+    h("button", { type: "button", class: "btn btn--ghost btn--tiny msg__action msg__action--hover", dataset: { action }, "aria-label": label, title: label }, h("span", { "aria-hidden": "true" }, symbol), ` ${text}`);
+  if (edit) parts.push(button("edit", "Edit this message", "✎", "Edit"));
+  if (regenerate) parts.push(button("regenerate", "Regenerate this reply", "↻", "Regenerate"));
+  for (const part of parts) for (const b of part.matches("button") ? [part] : part.querySelectorAll("button")) setActionDisabled(b);
+  box.replaceChildren(...parts);
+  box.hidden = !parts.length;
+}
+
+// While a turn runs (or a send, a queued message, a regenerate or a switch is under way) the
+// actions wait: the server would refuse them as busy. The first and last versions have no
+// neighbour on one side (`data-end`).
+function setActionDisabled(button) {
+  button.disabled = state.actionsBusy || button.dataset.end === "true";
+}
+
+function setActionsBusy(busy) {
+  if (busy === state.actionsBusy) return;
+  state.actionsBusy = busy;
+  for (const button of dom.messages.querySelectorAll(".msg__action")) setActionDisabled(button);
 }
 
 // A streaming reply is rendered in two parts: the blocks that can no longer change (everything up
@@ -228,6 +281,11 @@ export function upsertMessage(data) {
     const wasStreaming = entry.data.status === "streaming";
     const merged = { ...entry.data, ...data };
     if (data.reactions === undefined) merged.reactions = entry.data.reactions;
+    // Versions are only ever added: a shorter list (a frame that did not count them) is stale.
+    const known = entry.data.versions;
+    if (Array.isArray(known) && (!Array.isArray(data.versions) || (data.versions.length < known.length && data.versions.every((v) => known.includes(v))))) {
+      merged.versions = known;
+    }
     // A streaming snapshot may be behind what the socket already delivered: keep the longer text.
     if (data.status === "streaming" && wasStreaming) {
       const content = data.content || "";
@@ -334,15 +392,21 @@ export function runningReplies() {
   return [...state.messages.values()].filter((e) => e.data.status === "streaming");
 }
 
+// While a reply runs the session's `on_busy` decides: with "reject" the box waits for the reply;
+// with "enqueue" or "interrupt" it stays usable and what is sent is queued, or stops the reply.
 export function updateComposer() {
   const running = runningReplies().length > 0;
   const sending = state.sends.size > 0;
-  const disabled = running || sending;
+  const onBusy = (state.current && state.current.on_busy) || "reject";
+  const meanwhile = running && onBusy !== "reject";
+  const disabled = sending || (running && !meanwhile);
   if (disabled && document.activeElement === dom.input) state.hadFocus = true;
   dom.input.disabled = disabled;
+  dom.input.placeholder = !meanwhile ? "Write a message…" : onBusy === "interrupt" ? "Write a message to interrupt the reply…" : "Write a message to queue…";
   dom.send.disabled = disabled || !dom.input.value.trim();
   dom.stop.hidden = !running;
   dom.composer.dataset.state = running ? "running" : sending ? "sending" : "idle";
+  setActionsBusy(running || sending || state.queued.length > 0 || state.acting);
   if (!disabled && state.hadFocus) {
     state.hadFocus = false;
     dom.input.focus();
@@ -354,6 +418,8 @@ export function dropSend(clientId, refresh = true) {
   const send = state.sends.get(clientId);
   if (!send) return;
   send.el.remove();
+  // An edit's bubble stood in for the message it edits: that one shows again until its branch goes.
+  if (send.original) send.original.hidden = false;
   state.sends.delete(clientId);
   if (refresh) {
     updateComposer();

@@ -26,6 +26,7 @@ export const dom = {
   controls: $("session-controls"),
   mode: $("mode-select"),
   agent: $("agent-select"),
+  onBusy: $("busy-select"),
   conn: $("conn"),
   notice: $("notice"),
   conversation: $("conversation"),
@@ -33,6 +34,8 @@ export const dom = {
   older: $("older"),
   loadOlder: $("load-older"),
   empty: $("empty-state"),
+  queue: $("queue"),
+  queueList: $("queue-list"),
   composer: $("composer"),
   input: $("composer-input"),
   send: $("send-button"),
@@ -104,7 +107,13 @@ export const state = {
   sends: new Map(), // client_id -> {el, content, sent, rest}: messages not yet confirmed by the server
   pending: new Map(), // "kind:id" -> {item, el, decided}
   olderUrl: null,
-  queue: null, // frames held while history loads
+  queue: null, // frames held while history loads (or the branch is read again)
+  reading: null, // the promise of a branch being read again (frames.js followBranch), or null
+  branchEpoch: 0, // counts those reads: an older page read across one belongs to the branch before
+  anchor: null, // {id, top}: where the version chosen here is to appear once its branch is read
+  queued: [], // the session's queued messages (QueuedMessage), in the order they will be answered
+  acting: false, // a regenerate or a switch of versions is under way
+  actionsBusy: false, // the message actions (edit, regenerate, versions) are disabled
   readySeen: 0,
   readyWaiters: [],
   gapTimer: null,
@@ -160,7 +169,7 @@ export function scrollToBottom() {
 }
 
 export function updateEmpty() {
-  dom.empty.hidden = state.messages.size > 0 || state.sends.size > 0 || state.pending.size > 0 || state.queue !== null;
+  dom.empty.hidden = state.messages.size > 0 || state.sends.size > 0 || state.pending.size > 0 || state.queued.length > 0 || state.queue !== null;
 }
 
 // Hooks ------------------------------------------------------------------------
@@ -172,4 +181,6 @@ export function updateEmpty() {
 //   selectSession(id)   app.js; called by sidebar.js (open, delete, new chat) and composer.js
 //   clearSession()      app.js; called by sidebar.js when the last chat is deleted
 //   handleError(frame)  frames.js; called by composer.js when a send over REST fails
+//   followBranch(generation, leaf)  frames.js; called by composer.js and versions.js when a
+//                       request over REST changed the active branch (see frames.js)
 export const hooks = {};
