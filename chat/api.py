@@ -11,6 +11,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import idempotency, search, selectors, tools, usage
+from chat.engine.process import engine
+from chat.exceptions import Unavailable
 from chat.serializers import (
     AgentSerializer,
     ErrorSerializer,
@@ -60,6 +62,8 @@ class MessageCreate(APIView):
     )
     def post(self, request: Request) -> Response:
         data = request.data  # parse first: malformed JSON is a 400 before anything else
+        if engine.draining:
+            raise Unavailable("This server is restarting and takes no new messages: send it again (with the same Idempotency-Key).")
         key = request.headers.get("Idempotency-Key")
         claim = None
         if key is not None:

@@ -41,6 +41,7 @@ BUS_PUBLISH_SECONDS = Histogram(
     "chat_bus_publish_seconds", "One pipeline of frames to Redis", buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 BUS_FRAMES = Counter("chat_bus_frames_total", "Frames across processes (out, in, dropped)", ["direction"])
+DRAINING = Gauge("chat_draining", "1 while this process drains (SIGTERM): no new turns or sockets, running work ends")
 
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}

@@ -292,6 +292,8 @@ CHAT = {
     # A server process whose heartbeat is older than this is taken for dead.
     "WORKER_TIMEOUT": env_float("WORKER_TIMEOUT", 30.0),
     "WORKER_HEARTBEAT": env_float("WORKER_HEARTBEAT", 5.0),
+    # Seconds a process given SIGTERM lets its running replies, tools and plan steps finish before it interrupts them.
+    "SHUTDOWN_GRACE": env_float("SHUTDOWN_GRACE", 30.0),
     # Socket frames a client may send per second before it gets rate_limited.
     "WS_FRAMES_PER_SECOND": env_int("WS_FRAMES_PER_SECOND", 20),
     "WS_MAX_FRAME_BYTES": env_int("WS_MAX_FRAME_BYTES", 256 * 1024),

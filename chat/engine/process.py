@@ -23,7 +23,7 @@ from typing import Any
 import redis.asyncio as redis
 from django.conf import settings
 
-from chat.engine import db
+from chat.engine import db, server
 from chat.engine.batch import GroupCommit
 from chat.engine.bus import LocalBus, RedisBus, make_bus
 from chat.engine.drive import Driver
@@ -35,6 +35,9 @@ from chat.turn.turns import Turn, TurnRequest, turn_start_many
 from chatproject import metrics
 
 logger = logging.getLogger(__name__)
+
+DRAIN_POLL = 0.05  # seconds between looks at what a drain waits for
+DRAIN_SETTLE = 5.0  # seconds a drain waits for the frames already queued before it closes the sockets
 
 
 class _Running:
@@ -48,6 +51,9 @@ class _Running:
         self.driver = driver
         self.tasks: list[asyncio.Task] = []
         self.background: set[asyncio.Task] = set()
+        # The work of turns (replies, their tools and continuations, plan steps): what a drain waits for.
+        self.turns: set[asyncio.Task] = set()
+        self.starting = 0  # user messages on their way to a committed turn
         self.starts: GroupCommit[TurnRequest, Turn] | None = None
         self.finishes: GroupCommit[turn_replies.FinishRequest, turn_replies.Finished] | None = None
 
@@ -72,6 +78,11 @@ class Engine:
         self._private_loop: asyncio.AbstractEventLoop | None = None
         self._private_lock = threading.Lock()
         self._shutdown_hooked = False
+        # While draining (SIGTERM under daphne), this process takes no new turns and no new sockets.
+        self.draining = False
+        self.http_requests = 0  # HTTP requests in flight (chatproject.asgi counts them): a drain lets them end
+        self._drain: asyncio.Task | None = None
+        self._cut = asyncio.Event()  # a second SIGTERM: stop draining now
         outbox.install(self._effects_from_elsewhere)
 
     # The loop ------------------------------------------------------------------------------------
@@ -129,6 +140,8 @@ class Engine:
         hub = Hub(bus)
         replies = Replies(hub, self)
         running = _Running(loop, bus, hub, replies, Driver(replies, self))
+        self.draining, self._drain, self._cut = False, None, asyncio.Event()
+        metrics.DRAINING.set(0)
         writers = db.pools()[0].threads
         running.starts = GroupCommit(self, turn_start_many, writers)
         running.finishes = GroupCommit(self, turn_replies.reply_finish_many, writers)
@@ -188,11 +201,12 @@ class Engine:
             if isinstance(effect, outbox.Frame):
                 running.hub.publish(effect.session_id, effect.frame)
             elif isinstance(effect, outbox.StartReply):
-                self.spawn(running.driver.reply(effect.message_id, effect.context))
+                session_id = getattr(effect.context, "session_id", None)
+                self._spawn_turn(running, running.driver.reply(effect.message_id, effect.context), message_id=effect.message_id, session_id=session_id)
             elif isinstance(effect, outbox.Drive):
-                self.spawn(running.driver.advance(effect.reply_id, effect.step))
+                self._spawn_turn(running, running.driver.advance(effect.reply_id, effect.step), message_id=effect.reply_id)
             elif isinstance(effect, outbox.RunPlan):
-                self.spawn(running.driver.run_plan(effect.plan_id))
+                self._spawn_turn(running, running.driver.run_plan(effect.plan_id), plan_id=effect.plan_id)
             elif isinstance(effect, outbox.CancelReply):
                 self.spawn(running.replies.request_cancel(effect.message_id, effect.worker_id or None))
 
@@ -226,6 +240,13 @@ class Engine:
         loop = self._target_loop()
         loop.call_soon_threadsafe(lambda: self._keep(loop, loop.create_task(coro, context=contextvars.Context())), context=contextvars.Context())
 
+    def _spawn_turn(self, running: _Running, coro: Coroutine[Any, Any, Any], **ids: Any) -> None:
+        """Spawn the work of a turn: kept like any task of the process, and waited for by a drain."""
+        task = running.loop.create_task(coro, context=contextvars.Context())
+        self._keep(running.loop, task)
+        running.turns.add(task)
+        task.add_done_callback(running.turns.discard)
+
     def _keep(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
         running = self._running
         holder = running.background if running is not None and running.loop is loop else _orphans
@@ -234,9 +255,13 @@ class Engine:
 
     async def start_turn(self, request: TurnRequest) -> Turn:
         """Start a user's turn, together with whatever other turns wait for the database (group commit)."""
-        starts = self._here().starts
-        assert starts is not None
-        return await starts.submit(request)
+        running = self._here()
+        assert running.starts is not None
+        running.starting += 1
+        try:
+            return await running.starts.submit(request)
+        finally:
+            running.starting -= 1
 
     async def finish_reply(self, request: turn_replies.FinishRequest) -> turn_replies.Finished:
         """Store a reply's end, together with whatever other ends wait for the database (group commit)."""
@@ -270,8 +295,10 @@ class Engine:
         """What every third heartbeat does: end the replies of dead processes, pick up turns they left half-way."""
         running = await self.start()
         await self.write(turn_replies.replies_mark_interrupted, running_here=running.replies.running())
+        if self.draining:
+            return  # what dead processes left is for the processes that stay
         for work in await running.driver.resume_stalled():
-            self.spawn(work)
+            self._spawn_turn(running, work)
 
     async def _heartbeat(self, running: _Running) -> None:
         beats = 0
@@ -323,28 +350,66 @@ class Engine:
     # Shutdown -----------------------------------------------------------------------------------
 
     def _hook_server_shutdown(self) -> None:
-        """Under daphne (Twisted on asyncio): on SIGTERM, end this process's replies before it exits."""
-        if self._shutdown_hooked:
+        """Under daphne: SIGTERM drains (see `drain`), and this process's replies end before it exits."""
+        if self._shutdown_hooked or self._running is None:
             return
+        if server.on_shutdown(self._on_server_shutdown):
+            server.take_sigterm(self._on_sigterm, self._running.loop)
+            self._shutdown_hooked = True
+
+    def _on_sigterm(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_task(self._drain_then_stop())
+        else:
+            logger.warning("SIGTERM again while draining: stopping now")
+            self._cut.set()
+
+    async def _drain_then_stop(self) -> None:
         try:
-            from twisted.internet import reactor  # only under daphne; nothing to hook elsewhere
-        except ImportError:
-            return
-        if not getattr(reactor, "running", False):
-            return
-        reactor.addSystemEventTrigger("before", "shutdown", self._on_server_shutdown)
-        self._shutdown_hooked = True
+            await self.drain()
+        except Exception:
+            logger.exception("The drain failed; stopping")
+        finally:
+            server.stop()  # the shutdown trigger (`shutdown`) interrupts what is left
 
     def _on_server_shutdown(self):  # type: ignore[no-untyped-def]
         from twisted.internet.defer import Deferred
 
         return Deferred.fromFuture(asyncio.ensure_future(self.shutdown(), loop=self.loop))
 
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop taking new work, let the work under way here finish (up to `grace` seconds), then close every socket.
+
+        At once: daphne's listening sockets close (a balancer's next connection goes to another
+        process), `/healthz` answers 503, a new socket is closed with 4503 and a new user message
+        is refused with `unavailable`. Then the turns under way (replies, their tools and
+        continuations, plan steps) and the HTTP requests in flight may end, for up to `grace`
+        (SHUTDOWN_GRACE); the heartbeat goes on, so no other process takes these replies for a
+        dead one's. Then every socket is closed with 4503: clients reconnect (through the
+        balancer, to another process) and resync. What still runs is interrupted by `shutdown`,
+        with all its text. Turns waiting for someone (approvals, client tools) stay for any process.
+        """
+        running = self._here()
+        grace = settings.CHAT["SHUTDOWN_GRACE"] if grace is None else grace
+        self.draining = True
+        metrics.DRAINING.set(1)
+        server.stop_listening()
+        loop = running.loop
+        started = loop.time()
+        logger.info("Draining: %d turns under way, %d sockets open; waiting up to %.0f s", len(running.turns), len(running.hub.sinks), grace)
+        while (running.turns or running.starting or self.http_requests) and not self._cut.is_set() and loop.time() - started < grace:
+            await asyncio.sleep(DRAIN_POLL)
+        left = len(running.turns)
+        await running.hub.settle(DRAIN_SETTLE)  # the frames of what just ended reach the sockets before their close
+        closed = await running.hub.close_sockets()
+        logger.info("Drained in %.1f s: %d sockets closed, %d turns left to interrupt", loop.time() - started, closed, left)
+
     async def shutdown(self) -> None:
         """Stop replies (their text is saved, status `interrupted`) and leave the list of live processes."""
         running = self._running
         if running is None:
             return
+        self.draining = True
         tasks = list(running.background)
         for task in tasks:
             task.cancel()

@@ -22,7 +22,7 @@ from django.conf import settings
 from chat import events
 from chat.engine.hub import Sink
 from chat.engine.process import engine
-from chat.exceptions import ChatError, InvalidInput, NotFound
+from chat.exceptions import ChatError, InvalidInput, NotFound, Unavailable
 from chat.models import Message
 from chat.turn import agentic, turns
 from chat.turn.snapshot import session_snapshot
@@ -40,6 +40,7 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_MANY_SOCKETS = 4429  # WS_MAX_SOCKETS_PER_USER
 CLOSE_TOO_FAR_BEHIND = 4408  # the client did not read its frames (WS_MAX_UNSENT_BYTES)
+CLOSE_RESTARTING = 4503  # this server process is draining: reconnect (to another process)
 CLOSE_GRACE = 2.0  # seconds a socket closed for not reading has before its connection is dropped
 
 Frame = dict[str, Any]
@@ -126,6 +127,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        if engine.draining:
+            await self.accept()
+            await self.close(code=CLOSE_RESTARTING)
+            return
         self.user = user
         limit = settings.CHAT["WS_MAX_SOCKETS_PER_USER"]
         if limit > 0 and revoke.sockets_of(user.pk) >= limit:  # the registry knows this process's sockets
@@ -143,7 +148,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await engine.start()
         sink = Sink(
             self._write, on_resync=self._resync_soon, wire=Wire.of(self.base_send), build=frame_bytes,
-            on_overflow=self._too_far_behind, max_unsent=settings.CHAT["WS_MAX_UNSENT_BYTES"],
+            on_overflow=self._too_far_behind, max_unsent=settings.CHAT["WS_MAX_UNSENT_BYTES"], closer=self._restarting,
         )
         # Join before reading the snapshot: whatever is sent after this reaches us (held until the snapshot went out).
         await engine.hub.join(self.session_id, sink)
@@ -203,6 +208,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """The credential this socket was opened with is gone (sign-out, token deleted, user deactivated)."""
         await self._shut(CLOSE_UNAUTHENTICATED)
 
+    async def _restarting(self) -> None:
+        """This process drains: the client reconnects, through the balancer, to one that stays."""
+        await self._shut(CLOSE_RESTARTING)
+
     def _resync_soon(self) -> None:
         engine.spawn(self.send_ready())
 
@@ -259,6 +268,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_user_message(self, frame: Frame) -> None:
         content = validate_content(frame.get("content"))
         client_id = validate_client_id(frame.get("client_id"))
+        if engine.draining:
+            raise Unavailable("This server is restarting and takes no new messages: reconnect and send it again (same client_id).")
         started = time.perf_counter()
         turn = await engine.start_turn(turns.TurnRequest(self.session_id, self.user, content, client_id))
         metrics.TURN_START_SECONDS.observe(time.perf_counter() - started)
