@@ -167,6 +167,7 @@ class Sink:
         if self.closed:
             return
         self.closed = True
+        metrics.FRAMES_DROPPED.labels("too_far_behind").inc(len(self.held))
         self.held.clear()
         self.held_size = 0
         metrics.SOCKETS_TOO_FAR_BEHIND.inc()
@@ -369,6 +370,7 @@ class Hub:
                 else:
                     await sink.write(item)
             except Exception:
+                metrics.FRAMES_DROPPED.labels("write_failed").inc()
                 logger.warning("Writing to socket %s failed", sink.id, exc_info=True)
             count += 1
             if count % _CHECK_EVERY == 0 and loop.time() - started >= SLICE:

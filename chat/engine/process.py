@@ -16,12 +16,14 @@ import contextlib
 import contextvars
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as redis
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from chat.engine import db, server
 from chat.engine.batch import GroupCommit
@@ -186,6 +188,8 @@ class Engine:
     async def _step(self, pool: db.DbPool, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         result = await pool.run(fn, *args, **kwargs)
         if result.effects:
+            if fn is not turn_replies.reply_finish_many:  # a reply's own end counts its interruption in `shutdown`
+                _count_interrupted_elsewhere(result.effects)
             self.dispatch(result.effects)
         if result.error is not None:
             raise result.error
@@ -212,6 +216,7 @@ class Engine:
 
     def _effects_from_elsewhere(self, effects: list[outbox.Effect]) -> None:
         """Effects committed outside the engine's loop (REST views, the admin, commands): handed over without waiting."""
+        _count_interrupted_elsewhere(effects)
         loop = self._target_loop()
 
         def carry_out() -> None:
@@ -267,7 +272,17 @@ class Engine:
         """Store a reply's end, together with whatever other ends wait for the database (group commit)."""
         finishes = self._here().finishes
         assert finishes is not None
-        return await finishes.submit(request)
+        started = time.perf_counter()
+        try:
+            finished = await finishes.submit(request)
+        except (OperationalError, InterfaceError):
+            metrics.FINAL_SAVE_FAILURES.labels("database_away").inc()
+            raise
+        except Exception:
+            metrics.FINAL_SAVE_FAILURES.labels("error").inc()
+            raise
+        metrics.FINAL_SAVE_SECONDS.observe(time.perf_counter() - started)
+        return finished
 
     async def send_to_worker(self, worker_id: str, message: dict[str, Any]) -> bool:
         return await self._here().bus.send_to_worker(worker_id, message)
@@ -410,6 +425,7 @@ class Engine:
         if running is None:
             return
         self.draining = True
+        metrics.REPLIES_INTERRUPTED.labels("shutdown").inc(len(running.replies.runs))
         tasks = list(running.background)
         for task in tasks:
             task.cancel()
@@ -465,6 +481,17 @@ def _current_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _count_interrupted_elsewhere(effects: list[outbox.Effect]) -> None:
+    """Replies ended `interrupted` by a step other than their own end: found by a sweep, their process gone."""
+    gone = sum(
+        1 for effect in effects
+        if isinstance(effect, outbox.Frame) and effect.frame.get("type") == "message.completed"
+        and (effect.frame.get("message") or {}).get("status") == "interrupted"
+    )
+    if gone:
+        metrics.REPLIES_INTERRUPTED.labels("process_gone").inc(gone)
 
 
 def _log_failure(task: asyncio.Task) -> None:
