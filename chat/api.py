@@ -24,6 +24,7 @@ from chat.serializers import (
     UsageSerializer,
 )
 from chat.turn import reactions, turns
+from chatproject import logs
 from chatproject.throttling import SearchRateThrottle
 from sessions_app.selectors import session_get
 
@@ -76,6 +77,7 @@ class MessageCreate(APIView):
             form = MessageCreateSerializer(data=data)
             form.is_valid(raise_exception=True)
             session = session_get(user=request.user, session_id=form.validated_data["session"])
+            logs.bind(session_id=session.pk)  # this request's lines name the session
         except BaseException:
             if claim is not None and claim.record is not None:
                 idempotency.idempotency_release(record=claim.record)  # nothing ran: a corrected retry may

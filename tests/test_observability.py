@@ -1,9 +1,15 @@
-"""What an operator watches: `/metrics` of a process in a fleet."""
+"""What an operator watches: `/metrics` of a process in a fleet, and log lines that name the turn they are about."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import io
+import json
+import logging
 import re
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -12,6 +18,9 @@ from django.utils import timezone
 
 from chat.engine import bus as engine_bus
 from chat.models import Message, Worker
+from chat.providers.demo import DemoProvider
+from chat.ws.consumer import ChatConsumer
+from chatproject import logs
 from sessions_app.services import session_create
 from tests.conftest import requires_redis
 from tests.ws import db, frames_until, next_frame, open_socket, send
@@ -75,3 +84,63 @@ async def test_the_way_through_redis_is_timed_by_a_probe(user, token, monkeypatc
     await next_frame(comm)
     assert await metric_reaches("chat_bus_roundtrip_seconds_count", "", before + 1) > before
     await comm.disconnect()
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The server's log, as LOG_FORMAT=json writes it (chatproject.logs), caught in memory."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(logs.IdsFilter())
+    handler.setFormatter(logs.JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+
+
+def lines_of(out: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+async def test_json_log_lines_about_a_turn_name_its_session_and_message(user, token, json_log, monkeypatch):  # type: ignore[no-untyped-def]
+    async def stream(self, ctx):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the model's client broke")
+        yield  # an async generator
+
+    monkeypatch.setattr(DemoProvider, "stream", stream)
+    session = await db(session_create, owner=user)
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await send(comm, {"type": "user_message", "content": "hello"})
+    completed = (await frames_until(comm, "message.completed", where=lambda f: f["message"]["role"] == "assistant"))[-1]["message"]
+    assert completed["status"] == "failed"
+
+    async def broken_ping(self, frame):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug in a frame handler")
+
+    monkeypatch.setitem(ChatConsumer.handlers, "ping", broken_ping)
+    await send(comm, {"type": "ping", "request_id": "p"})
+    assert (await frames_until(comm, "error"))[-1]["code"] == "internal_error"
+    await comm.disconnect()
+
+    lines = lines_of(json_log)
+    failed = [line for line in lines if line["message"] == f"Reply {completed['id']} failed"]
+    assert len(failed) == 1, lines
+    assert (failed[0]["session_id"], failed[0]["message_id"]) == (str(session.pk), completed["id"])
+    assert failed[0]["level"] == "ERROR" and failed[0]["logger"] == "chat.engine.replies" and "the model's client broke" in failed[0]["exception"]
+    assert failed[0]["time"].endswith("Z") and failed[0]["pid"] > 0
+    frame = [line for line in lines if line["message"] == "Frame failed"]
+    assert len(frame) == 1 and frame[0]["session_id"] == str(session.pk) and "a bug in a frame handler" in frame[0]["exception"]
+
+
+def test_bound_ids_stay_in_their_context() -> None:
+    def inside() -> dict[str, str]:
+        logs.bind(session_id=uuid.UUID(int=1), message_id=None)
+        logs.bind(message_id="m")
+        return logs.current()
+
+    assert contextvars.Context().run(inside) == {"session_id": str(uuid.UUID(int=1)), "message_id": "m"}
+    assert logs.current() == {}

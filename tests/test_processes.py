@@ -141,7 +141,7 @@ async def test_sigterm_drains_running_replies_finish_new_messages_are_refused_so
 
     token = await db(token_for, user)
     session = await db(session_create, owner=user)
-    server = daphne_server(env={"DEMO_SLOW_DELAY": "0.05", "SHUTDOWN_GRACE": "60"})
+    server = daphne_server(env={"DEMO_SLOW_DELAY": "0.05", "SHUTDOWN_GRACE": "60", "LOG_FORMAT": "json"})
     ws = await connect(server, session.pk, token)
     await recv(ws)
     kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)  # a balancer's open connection
@@ -176,6 +176,8 @@ async def test_sigterm_drains_running_replies_finish_new_messages_are_refused_so
     assert merge_text("", frames, reply_id) == reply.content
     assert await db(lambda: list(Message.objects.filter(session=session).values_list("role", "content"))) == [("user", "/slow 60"), ("assistant", expected_slow(60))]
     assert not await db(lambda: Worker.objects.filter(pid=server.proc.pid).exists())
+    lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+    assert any(line["message"].startswith("Draining") and line["level"] == "INFO" for line in lines), lines[-5:]
 
 
 async def test_sigterm_interrupts_what_outlives_the_grace_with_all_its_text(user, daphne_server):  # type: ignore[no-untyped-def]

@@ -34,7 +34,7 @@ from chat.engine.replies import Replies
 from chat.turn import liveness, outbox
 from chat.turn import replies as turn_replies
 from chat.turn.turns import Turn, TurnRequest, turn_start_many
-from chatproject import metrics
+from chatproject import logs, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -246,8 +246,10 @@ class Engine:
         loop.call_soon_threadsafe(lambda: self._keep(loop, loop.create_task(coro, context=contextvars.Context())), context=contextvars.Context())
 
     def _spawn_turn(self, running: _Running, coro: Coroutine[Any, Any, Any], **ids: Any) -> None:
-        """Spawn the work of a turn: kept like any task of the process, and waited for by a drain."""
-        task = running.loop.create_task(coro, context=contextvars.Context())
+        """Spawn the work of a turn: kept like any task of the process, waited for by a drain, its log lines marked with `ids`."""
+        context = contextvars.Context()
+        context.run(logs.bind, **ids)
+        task = running.loop.create_task(coro, context=context)
         self._keep(running.loop, task)
         running.turns.add(task)
         task.add_done_callback(running.turns.discard)

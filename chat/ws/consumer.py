@@ -29,7 +29,7 @@ from chat.turn.snapshot import session_snapshot
 from chat.validation import validate_client_id, validate_content, validate_text
 from chat.ws import revoke
 from chat.ws.wire import Wire, frame_bytes, limit_frames
-from chatproject import metrics
+from chatproject import logs, metrics
 from sessions_app import selectors as session_selectors
 from sessions_app import services as session_services
 from sessions_app.models import ChatSession
@@ -127,6 +127,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        logs.bind(session_id=self.session_id)  # this socket's task: every line it logs names the session
         if engine.draining:
             await self.accept()
             await self.close(code=CLOSE_RESTARTING)
