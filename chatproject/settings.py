@@ -132,6 +132,10 @@ AXES_LOCKOUT_CALLABLE = "chatproject.security.lockout_response"
 AXES_VERBOSE = False
 # Proxies in front of the server that append to X-Forwarded-For; 0: the header is never believed.
 TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
+if TRUSTED_PROXIES > 0:
+    # Behind a proxy that ends TLS: it says so in X-Forwarded-Proto (and overwrites what a client sent),
+    # so links, secure cookies and the CSRF origin check see https.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 ROOT_URLCONF = "chatproject.urls"
 
@@ -210,7 +214,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `collectstatic` puts the files a proxy serves (SERVE_STATIC=0).
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
 # The ASGI app serves /static/ itself unless a proxy does (SERVE_STATIC=0).
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
