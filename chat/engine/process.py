@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 DRAIN_POLL = 0.05  # seconds between looks at what a drain waits for
 DRAIN_SETTLE = 5.0  # seconds a drain waits for the frames already queued before it closes the sockets
+DRAIN_CLOSE_WAIT = 2.0  # seconds it then waits for the clients to answer the close
 
 
 class _Running:
@@ -413,12 +414,19 @@ class Engine:
         server.stop_listening()
         loop = running.loop
         started = loop.time()
-        logger.info("Draining: %d turns under way, %d sockets open; waiting up to %.0f s", len(running.turns), len(running.hub.sinks), grace)
+        logger.info(
+            "Draining: %d turns under way (%d replies streaming), %d sockets open; waiting up to %.0f s",
+            len(running.turns), len(running.replies.runs), len(running.hub.sinks), grace,
+        )
         while (running.turns or running.starting or self.http_requests) and not self._cut.is_set() and loop.time() - started < grace:
             await asyncio.sleep(DRAIN_POLL)
         left = len(running.turns)
         await running.hub.settle(DRAIN_SETTLE)  # the frames of what just ended reach the sockets before their close
         closed = await running.hub.close_sockets()
+        # Their clients answer the close; until then the connection is open, and stopping now would reset it.
+        waited = loop.time()
+        while server.open_connections() and loop.time() - waited < DRAIN_CLOSE_WAIT:
+            await asyncio.sleep(DRAIN_POLL)
         logger.info("Drained in %.1f s: %d sockets closed, %d turns left to interrupt", loop.time() - started, closed, left)
 
     async def shutdown(self) -> None:

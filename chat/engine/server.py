@@ -65,6 +65,16 @@ def stop_listening() -> int:
     return closed
 
 
+def open_connections() -> int:
+    """Connections daphne serves now (HTTP, and sockets not yet closed by both ends); 0 outside daphne."""
+    reactor = _reactor()
+    if reactor is None:
+        return 0
+    from twisted.internet import tcp, unix
+
+    return sum(1 for reader in reactor.getReaders() if isinstance(reader, (tcp.Server, unix.Server)))
+
+
 def stop() -> None:
     """Stop the reactor (daphne exits once its shutdown triggers, the engine's among them, are done)."""
     reactor = _reactor()
