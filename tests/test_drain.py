@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -14,6 +15,7 @@ from django.test import AsyncClient
 
 from chat.engine.process import engine
 from chat.models import Message
+from chatproject import metrics
 from chatproject.asgi import application
 from sessions_app.services import session_create
 from tests.ws import db, frames_until, merge_text, next_frame, open_socket, send
@@ -23,6 +25,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def slow_text(n: int) -> str:
     return "".join(f"chunk {i} " for i in range(1, n + 1))
+
+
+@pytest.fixture(autouse=True)
+def _undrained() -> Iterator[None]:
+    """A drained process exits; here the engine stays for the next tests, which must find it taking turns."""
+    yield
+    engine.draining = False
+    metrics.DRAINING.set(0)
 
 
 @pytest.fixture
