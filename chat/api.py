@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.utils import timezone
 from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
@@ -24,7 +26,6 @@ from chat.serializers import (
     UsageSerializer,
 )
 from chat.turn import reactions, turns
-from chatproject import logs
 from chatproject.throttling import SearchRateThrottle
 from sessions_app.selectors import session_get
 
@@ -34,6 +35,15 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     OpenApiParameter.HEADER,
     description="Makes the request safe to retry: the same key and body replay the first answer (kept 24 h).",
 )
+
+
+class StartsTurns:
+    """A view whose POST starts a turn: refused (503 `unavailable`, nothing read or saved) while this process drains."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        if request.method == "POST" and engine.draining:
+            raise Unavailable("This server is restarting and takes no new turns: send it again (with the same Idempotency-Key).")
 
 
 class AgentList(APIView):
@@ -48,7 +58,7 @@ class ToolList(APIView):
         return Response(tools.ToolSerializer(tools.all_tools(), many=True).data)
 
 
-class MessageCreate(APIView):
+class MessageCreate(StartsTurns, APIView):
     @extend_schema(
         request=MessageCreateSerializer,
         parameters=[IDEMPOTENCY_KEY],
@@ -63,8 +73,6 @@ class MessageCreate(APIView):
     )
     def post(self, request: Request) -> Response:
         data = request.data  # parse first: malformed JSON is a 400 before anything else
-        if engine.draining:
-            raise Unavailable("This server is restarting and takes no new messages: send it again (with the same Idempotency-Key).")
         key = request.headers.get("Idempotency-Key")
         claim = None
         if key is not None:
@@ -77,7 +85,6 @@ class MessageCreate(APIView):
             form = MessageCreateSerializer(data=data)
             form.is_valid(raise_exception=True)
             session = session_get(user=request.user, session_id=form.validated_data["session"])
-            logs.bind(session_id=session.pk)  # this request's lines name the session
         except BaseException:
             if claim is not None and claim.record is not None:
                 idempotency.idempotency_release(record=claim.record)  # nothing ran: a corrected retry may

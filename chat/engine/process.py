@@ -54,11 +54,12 @@ class _Running:
         self.driver = driver
         self.tasks: list[asyncio.Task] = []
         self.background: set[asyncio.Task] = set()
+        self.starts: GroupCommit[TurnRequest, Turn] | None = None
+        self.finishes: GroupCommit[turn_replies.FinishRequest, turn_replies.Finished] | None = None
+
         # The work of turns (replies, their tools and continuations, plan steps): what a drain waits for.
         self.turns: set[asyncio.Task] = set()
         self.starting = 0  # user messages on their way to a committed turn
-        self.starts: GroupCommit[TurnRequest, Turn] | None = None
-        self.finishes: GroupCommit[turn_replies.FinishRequest, turn_replies.Finished] | None = None
 
     def abandon(self) -> None:
         """The engine moved to another loop (each test has its own): stop what was left running here. On this loop."""
@@ -81,12 +82,13 @@ class Engine:
         self._private_loop: asyncio.AbstractEventLoop | None = None
         self._private_lock = threading.Lock()
         self._shutdown_hooked = False
+        outbox.install(self._effects_from_elsewhere)
+
         # While draining (SIGTERM under daphne), this process takes no new turns and no new sockets.
         self.draining = False
         self.http_requests = 0  # HTTP requests in flight (chatproject.asgi counts them): a drain lets them end
         self._drain: asyncio.Task | None = None
         self._cut = asyncio.Event()  # a second SIGTERM: stop draining now
-        outbox.install(self._effects_from_elsewhere)
 
     # The loop ------------------------------------------------------------------------------------
 

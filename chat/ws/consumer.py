@@ -42,6 +42,9 @@ CLOSE_TOO_MANY_SOCKETS = 4429  # WS_MAX_SOCKETS_PER_USER
 CLOSE_TOO_FAR_BEHIND = 4408  # the client did not read its frames (WS_MAX_UNSENT_BYTES)
 CLOSE_RESTARTING = 4503  # this server process is draining: reconnect (to another process)
 CLOSE_GRACE = 2.0  # seconds a socket closed for not reading has before its connection is dropped
+# Frames that start a turn: refused (`unavailable`) while this process drains. Others (cancel,
+# decisions, tool results) belong to turns under way, and the drain waits for what they start.
+STARTS_TURNS = frozenset({"user_message"})
 
 Frame = dict[str, Any]
 
@@ -259,6 +262,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             handler = self.handlers.get(kind)
             if handler is None:
                 raise ChatError(f"Unknown frame type: {kind[:50]!r}.", code="unknown_type")
+            if kind in STARTS_TURNS and engine.draining:
+                raise Unavailable("This server is restarting and takes no new turns: reconnect and send it again (same client_id).")
             await handler(self, frame)
         except ChatError as exc:
             self.send_frame(events.error(exc.code, exc.detail, request_id))
@@ -269,8 +274,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_user_message(self, frame: Frame) -> None:
         content = validate_content(frame.get("content"))
         client_id = validate_client_id(frame.get("client_id"))
-        if engine.draining:
-            raise Unavailable("This server is restarting and takes no new messages: reconnect and send it again (same client_id).")
         started = time.perf_counter()
         turn = await engine.start_turn(turns.TurnRequest(self.session_id, self.user, content, client_id))
         metrics.TURN_START_SECONDS.observe(time.perf_counter() - started)
