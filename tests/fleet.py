@@ -18,6 +18,7 @@ from `session.ready` and `message.delta` offsets, whichever process it lands on.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -227,6 +228,7 @@ class Fleet:
     def static_root(cls) -> Path:
         if cls._static is None:
             static = Path(tempfile.mkdtemp(prefix="fleet-static-"))
+            atexit.register(shutil.rmtree, static, True)
             os.chmod(static, 0o755)
             collect_static(static)
             cls._static = static
