@@ -14,6 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import idempotency, search, selectors, tools, usage
+from chat.engine.process import engine
+from chat.exceptions import Unavailable
 from chat.models import Message
 from chat.serializers import (
     AgentSerializer,
@@ -38,6 +40,15 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     OpenApiParameter.HEADER,
     description="Makes the request safe to retry: the same key and body replay the first answer (kept 24 h).",
 )
+
+
+class StartsTurns:
+    """A view whose POST starts a turn: refused (503 `unavailable`, nothing read or saved) while this process drains."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        if request.method == "POST" and engine.draining:
+            raise Unavailable("This server is restarting and takes no new turns: send it again (with the same Idempotency-Key).")
 
 
 class AgentList(APIView):
@@ -75,7 +86,7 @@ def _checked(claim: idempotency.Claim | None, check: Callable[[], Any]) -> Any:
         raise
 
 
-class MessageCreate(APIView):
+class MessageCreate(StartsTurns, APIView):
     @extend_schema(
         request=MessageCreateSerializer,
         parameters=[IDEMPOTENCY_KEY],
@@ -108,7 +119,7 @@ class MessageCreate(APIView):
         return Response(body, status=answer)
 
 
-class MessageRegenerate(APIView):
+class MessageRegenerate(StartsTurns, APIView):
     @extend_schema(
         request=RegenerateSerializer,
         parameters=[IDEMPOTENCY_KEY],

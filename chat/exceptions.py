@@ -38,6 +38,13 @@ class InvalidInput(ChatError):
     status = 400
 
 
+class Unavailable(ChatError):
+    """This server process is shutting down (draining): nothing was done; send again, to another process."""
+
+    code = "unavailable"
+    status = 503
+
+
 class RateLimited(ChatError):
     """A per-user budget is spent (turns per minute, concurrent replies, sockets): 429 / `rate_limited`."""
 

@@ -37,7 +37,11 @@ async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
         await engine.start()
     except Exception:  # the database may be down: /healthz must still answer 503
         logging.getLogger(__name__).warning("Could not start the engine", exc_info=True)
-    await django_asgi_app(scope, receive, send)
+    engine.http_requests += 1  # a drain lets the requests in flight end
+    try:
+        await django_asgi_app(scope, receive, send)
+    finally:
+        engine.http_requests -= 1
 
 
 application = ProtocolTypeRouter(

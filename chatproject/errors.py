@@ -79,7 +79,10 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         body = {"code": exc.code, "detail": exc.detail}
         if exc.code == "validation_error":
             body["fields"] = {getattr(exc, "field", None) or "non_field_errors": [exc.detail]}
-        return Response(body, status=exc.status)
+        response = Response(body, status=exc.status)
+        if exc.status == 503:
+            response["Retry-After"] = "1"
+        return response
     if isinstance(exc, ApiError):
         return Response({"code": exc.code, "detail": str(exc.detail), **exc.extra}, status=exc.status_code)
     if isinstance(exc, exceptions.ValidationError):

@@ -41,6 +41,29 @@ BUS_PUBLISH_SECONDS = Histogram(
     "chat_bus_publish_seconds", "One pipeline of frames to Redis", buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 BUS_FRAMES = Counter("chat_bus_frames_total", "Frames across processes (out, in, dropped)", ["direction"])
+BUS_ROUNDTRIP_SECONDS = Histogram(
+    "chat_bus_roundtrip_seconds", "A probe published to Redis until this process received it back (every few seconds): the way across processes",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+BUS_RECONNECTS = Counter("chat_bus_reconnects_total", "Links to Redis made again after a loss (every socket of the process was sent a fresh session.ready)")
+FRAMES_DROPPED = Counter(
+    "chat_frames_dropped_total", "Frames that did not reach their sockets (bus: a publish to Redis failed; too_far_behind: held for a socket "
+    "closed with 4408; write_failed: writing to a socket failed); clients catch up from session.ready", ["reason"],
+)
+FINAL_SAVE_SECONDS = Histogram("chat_final_save_seconds", "One save of a reply's end (waiting for its group commit included)", buckets=_LATENCY)
+FINAL_SAVE_FAILURES = Counter("chat_final_save_failures_total", "Saves of a reply's end that failed and are tried again", ["reason"])
+REPLIES_INTERRUPTED = Counter(
+    "chat_replies_interrupted_total", "Replies ended `interrupted`, by cause (shutdown: this process stopped while they ran, after "
+    "its drain; process_gone: found by this process, their own gone)", ["cause"],
+)
+DRAINING = Gauge("chat_draining", "1 while this process drains (SIGTERM): no new turns or sockets, running work ends")
+# Every label value from the start, so a rate over a series that never moved is 0, not missing.
+for _reason in ("bus", "too_far_behind", "write_failed"):
+    FRAMES_DROPPED.labels(_reason)
+for _reason in ("database_away", "error"):
+    FINAL_SAVE_FAILURES.labels(_reason)
+for _cause in ("shutdown", "process_gone"):
+    REPLIES_INTERRUPTED.labels(_cause)
 
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}

@@ -17,7 +17,9 @@ def add_error_responses(result: dict[str, Any], generator: Any, request: Any, pu
             security = operation.get("security")
             if security and {} not in security:
                 responses.setdefault("401", {"description": "Not authenticated.", "content": _ERROR})
-            responses.setdefault("503", {"description": "Busy, or the database is unreachable: nothing was saved; retry (unavailable).", "content": _ERROR})
+            responses.setdefault(
+                "503", {"description": "Busy, the database is unreachable, or this server process is restarting: nothing was saved; retry (unavailable).", "content": _ERROR},
+            )
             if method in _WRITES:
                 responses.setdefault("429", {"description": "Throttled: retry after `retry_after` seconds.", "content": _ERROR})
             if any(p.get("in") == "query" for p in operation.get("parameters", [])):

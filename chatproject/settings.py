@@ -132,6 +132,10 @@ AXES_LOCKOUT_CALLABLE = "chatproject.security.lockout_response"
 AXES_VERBOSE = False
 # Proxies in front of the server that append to X-Forwarded-For; 0: the header is never believed.
 TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
+if TRUSTED_PROXIES > 0:
+    # Behind a proxy that ends TLS: it says so in X-Forwarded-Proto (and overwrites what a client sent),
+    # so links, secure cookies and the CSRF origin check see https.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 ROOT_URLCONF = "chatproject.urls"
 
@@ -210,7 +214,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `collectstatic` puts the files a proxy serves (SERVE_STATIC=0).
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
 # The ASGI app serves /static/ itself unless a proxy does (SERVE_STATIC=0).
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
@@ -292,6 +297,8 @@ CHAT = {
     # A server process whose heartbeat is older than this is taken for dead.
     "WORKER_TIMEOUT": env_float("WORKER_TIMEOUT", 30.0),
     "WORKER_HEARTBEAT": env_float("WORKER_HEARTBEAT", 5.0),
+    # Seconds a process given SIGTERM lets its running replies, tools and plan steps finish before it interrupts them.
+    "SHUTDOWN_GRACE": env_float("SHUTDOWN_GRACE", 30.0),
     # Socket frames a client may send per second before it gets rate_limited.
     "WS_FRAMES_PER_SECOND": env_int("WS_FRAMES_PER_SECOND", 20),
     "WS_MAX_FRAME_BYTES": env_int("WS_MAX_FRAME_BYTES", 256 * 1024),
@@ -332,11 +339,19 @@ CHAT = {
     "WEBHOOK_ALLOWED_NETWORKS": webhook_networks(os.environ.get("WEBHOOK_ALLOWED_NETWORKS", "")),
 }
 
+# LOG_FORMAT=json: one JSON object per line (chatproject.logs); either way a line about a turn names its ids.
+LOG_FORMAT = (os.environ.get("LOG_FORMAT") or "plain").strip().lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"ids": {"()": "chatproject.logs.IdsFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s%(ids_text)s"},
+        "json": {"()": "chatproject.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["ids"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }

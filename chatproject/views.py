@@ -17,12 +17,16 @@ def _database_answers() -> None:
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when the database and the way to other processes (Redis, when configured) answer, each within 2 s; 503 otherwise.
+    """200 when the database and the way to other processes (Redis, when configured) answer, each within 2 s; 503 otherwise,
+    and 503 `draining` from the moment the process was told to stop.
 
     Async, so a hanging broker never holds a thread. The database is asked on the engine's reading
     threads, so a queue there shows too. The second check keeps the name `channel_layer`, which
     monitoring already knows.
     """
+    if engine.draining:
+        # Shutting down (SIGTERM): at once, so a balancer that checks sends nothing new here.
+        return JsonResponse({"status": "draining"}, status=503)
     checks = {"database": "ok", "channel_layer": "ok"}
     try:
         await asyncio.wait_for(engine.read(_database_answers), TIMEOUT)

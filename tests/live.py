@@ -43,11 +43,17 @@ def test_database_url() -> str:
 
 
 class DaphneServer:
-    def __init__(self, env: dict[str, str] | None = None, port: int | None = None) -> None:
+    """One daphne process on the test database. `argv` replaces the command line (`{port}` in it is the port)."""
+
+    def __init__(self, env: dict[str, str] | None = None, port: int | None = None, argv: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.extra_env = env or {}
+        self.argv = argv or [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}", "chatproject.asgi:application"]
         self.proc: subprocess.Popen | None = None
         self.log_path = ROOT / f".daphne-{self.port}.log"
+        self.env: dict[str, str] = {}
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()  # a stale one of an earlier run; restarts append to this run's
 
     @property
     def url(self) -> str:
@@ -72,6 +78,8 @@ class DaphneServer:
             "TURNS_PER_MINUTE": "0",
             "MAX_REPLIES_PER_USER": "0",
             "WS_MAX_SOCKETS_PER_USER": "0",
+            # SIGTERM at the end of a test drains: running replies get this long to end.
+            "SHUTDOWN_GRACE": "5",
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("CHAT_SKIP_STARTUP_SWEEP", None)
@@ -79,9 +87,10 @@ class DaphneServer:
         if settings.REDIS_URL:
             env["REDIS_URL"] = settings.REDIS_URL
         env.update(self.extra_env)
-        log = open(self.log_path, "w")  # noqa: SIM115 (kept open for the process's life)
+        self.env = env
+        log = open(self.log_path, "a")  # noqa: SIM115 (kept open for the process's life; a restart appends)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatproject.asgi:application"],
+            [part.replace("{port}", str(self.port)) for part in self.argv],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -112,14 +121,27 @@ class DaphneServer:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def terminate(self) -> None:
+        """SIGTERM, as systemd or a container runtime stops it: the process drains, then exits. Does not wait."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self) -> int:
+        """Wait for the process to exit (a drain takes at most SHUTDOWN_GRACE and a little); its exit code."""
+        assert self.proc is not None
+        grace = float(self.env.get("SHUTDOWN_GRACE") or 30)
+        try:
+            return self.proc.wait(grace + 30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise RuntimeError(f"daphne did not exit within {grace + 30:.0f}s of SIGTERM:\n{self.log()}") from None
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            self.terminate()
+            with contextlib.suppress(RuntimeError):
+                self.wait()
         with contextlib.suppress(OSError):
             self.log_path.unlink()
 
@@ -129,8 +151,8 @@ def daphne_server() -> Iterator:
     """A factory: `server = daphne_server(env={...})` starts one; all are stopped after the test."""
     servers: list[DaphneServer] = []
 
-    def start(env: dict[str, str] | None = None, port: int | None = None) -> DaphneServer:
-        server = DaphneServer(env=env, port=port).start()
+    def start(env: dict[str, str] | None = None, port: int | None = None, argv: list[str] | None = None) -> DaphneServer:
+        server = DaphneServer(env=env, port=port, argv=argv).start()
         servers.append(server)
         return server
 

@@ -158,24 +158,76 @@ async def test_approval_survives_server_restart_and_runs_once(user, daphne_serve
     await ws.close()
 
 
-async def test_sigterm_ends_running_replies_with_all_their_text(user, daphne_server):  # type: ignore[no-untyped-def]
+async def test_sigterm_drains_running_replies_finish_new_messages_are_refused_sockets_close_with_4503(user, daphne_server):  # type: ignore[no-untyped-def]
+    import http.client
+    import socket
+    import uuid
+
+    from chat.models import Worker
+
+    token = await db(token_for, user)
+    session = await db(session_create, owner=user)
+    server = daphne_server(env={"DEMO_SLOW_DELAY": "0.05", "SHUTDOWN_GRACE": "60", "LOG_FORMAT": "json"})
+    ws = await connect(server, session.pk, token)
+    await recv(ws)
+    kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)  # a balancer's open connection
+    kept.request("GET", "/healthz")
+    health = kept.getresponse()
+    assert (health.status, json.loads(health.read())["status"]) == (200, "ok")
+    await ws.send(json.dumps({"type": "user_message", "content": "/slow 60"}))
+    frames = await until(ws, "message.delta", where=lambda f: f["offset"] > 20)
+    reply_id = frames[-1]["message_id"]
+
+    server.terminate()  # SIGTERM; the reply streams on
+    refused_id = str(uuid.uuid4())
+    await ws.send(json.dumps({"type": "user_message", "content": "one more", "client_id": refused_id, "request_id": "r1"}))
+    frames += await until(ws, "error", where=lambda f: f.get("request_id") == "r1")
+    assert frames[-1]["code"] == "unavailable"
+    kept.request("GET", "/healthz")
+    health = kept.getresponse()
+    assert (health.status, json.loads(health.read())) == (503, {"status": "draining"})
+    kept.close()
+    with pytest.raises(ConnectionRefusedError):  # its port is closed: a balancer's next connection goes elsewhere
+        socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+
+    frames += await until(ws, "message.completed", where=lambda f: f["message"]["id"] == reply_id)
+    assert frames[-1]["message"]["status"] == "complete"
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            frames.append(await recv(ws))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503
+    assert server.wait() == 0
+    reply = await db(lambda: Message.objects.get(pk=reply_id))
+    assert (reply.status, reply.content) == ("complete", expected_slow(60))
+    assert merge_text("", frames, reply_id) == reply.content
+    assert await db(lambda: list(Message.objects.filter(session=session).values_list("role", "content"))) == [("user", "/slow 60"), ("assistant", expected_slow(60))]
+    assert not await db(lambda: Worker.objects.filter(pid=server.proc.pid).exists())
+    lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+    assert any(line["message"].startswith("Draining") and line["level"] == "INFO" for line in lines), lines[-5:]
+
+
+async def test_sigterm_interrupts_what_outlives_the_grace_with_all_its_text(user, daphne_server):  # type: ignore[no-untyped-def]
     from chat.models import Worker
 
     token = await db(token_for, user)
     session = await db(session_create, owner=user)
     # Checkpoints effectively off: only the shutdown path can have saved the text.
-    server = daphne_server(env={"DEMO_SLOW_DELAY": "0.05", "CHECKPOINT_INTERVAL": "600"})
+    server = daphne_server(env={"DEMO_SLOW_DELAY": "0.05", "CHECKPOINT_INTERVAL": "600", "SHUTDOWN_GRACE": "1"})
     ws = await connect(server, session.pk, token)
     await recv(ws)
     await ws.send(json.dumps({"type": "user_message", "content": "/slow 400"}))
     frames = await until(ws, "message.delta", where=lambda f: f["offset"] > 100)
-    seen = frames[-1]["offset"] + len(frames[-1]["delta"])
     reply_id = frames[-1]["message_id"]
-    server.stop()  # SIGTERM, then wait for the process to exit
-    await ws.close()
+    server.terminate()
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            frames.append(await recv(ws))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503  # after the grace, before the interruption
+    seen = merge_text("", frames, reply_id)
+    assert server.wait() == 0
     reply = await db(lambda: Message.objects.get(pk=reply_id))
-    assert reply.status == "interrupted"
-    assert len(reply.content) >= seen and expected_slow(400).startswith(reply.content)
+    assert reply.status == "interrupted" and reply.error
+    assert len(reply.content) >= len(seen) and expected_slow(400).startswith(reply.content) and reply.content.startswith(seen)
     assert not await db(lambda: Worker.objects.filter(pid=server.proc.pid).exists())
 
 

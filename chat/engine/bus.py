@@ -39,6 +39,8 @@ from chatproject import metrics
 
 logger = logging.getLogger(__name__)
 
+PROBE_INTERVAL = 5.0  # seconds between probes of the way through Redis and back (chat_bus_roundtrip_seconds)
+
 FrameHandler = Callable[[uuid.UUID, str], None]
 ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -119,6 +121,7 @@ class RedisBus:
         self._commands = asyncio.Lock()
         self._ever_connected = False
         self._reader: asyncio.Task | None = None
+        self._prober: asyncio.Task | None = None
         self._batch: list[tuple[str, bytes, Counted | None, bool]] = []
         self._sending: asyncio.Task | None = None
         self._last_error_log = 0.0
@@ -130,6 +133,7 @@ class RedisBus:
     async def start(self, listener: Listener) -> None:
         self.listener = listener
         self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+        self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
         await self._subscribe(self.worker_channel)
 
     # Subscriptions --------------------------------------------------------------------------
@@ -196,6 +200,7 @@ class RedisBus:
                         counted.remote = False  # nobody else listens; a newcomer asks for the text so far
             except Exception:
                 metrics.BUS_FRAMES.labels("dropped").inc(len(batch))
+                metrics.FRAMES_DROPPED.labels("bus").inc(len(batch))
                 self._log_error("publish")
             # What queued meanwhile leaves in the next pipeline, in order.
             batch, self._batch = self._batch, []
@@ -208,6 +213,13 @@ class RedisBus:
 
     async def ping(self) -> bool:
         return bool(await self.client.ping()) and self.connected
+
+    async def _probe_forever(self) -> None:
+        """Time the way frames take: a probe to this process's own channel, queued with the frames, back through Redis."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            if self.connected:
+                await self.send_to_worker(liveness.WORKER_ID, {"op": "probe", "at": time.monotonic()})
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to `timeout`) until everything queued has been handed to Redis."""
@@ -256,6 +268,7 @@ class RedisBus:
                             future.set_result(None)
                     if reconnect and channel == self.worker_channel and self.listener is not None:
                         # Frames published while the link was down are lost: every socket here starts over.
+                        metrics.BUS_RECONNECTS.inc()
                         self.listener.bus_reconnected()
         finally:
             self._pubsub = None
@@ -270,6 +283,11 @@ class RedisBus:
             try:
                 request = json.loads(data)
             except ValueError:
+                return
+            if not isinstance(request, dict):
+                return
+            if request.get("op") == "probe" and isinstance(request.get("at"), float):
+                metrics.BUS_ROUNDTRIP_SECONDS.observe(time.monotonic() - request["at"])
                 return
             task = asyncio.get_running_loop().create_task(listener.control_from_bus(request))
             task.add_done_callback(_ignore_result)
@@ -289,10 +307,13 @@ class RedisBus:
             logger.warning("Redis %s failed", what, exc_info=True)
 
     def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
+        for task in (self._reader, self._prober):
+            if task is not None:
+                task.cancel()
 
     async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(BaseException):

@@ -106,6 +106,7 @@ class Sink:
         self, send: Callable[[str], Awaitable[None]], *, on_resync: Callable[[], None] | None = None,
         wire: Wire | None = None, build: Callable[[bytes], bytes] | None = None,
         on_overflow: Callable[[], None] | None = None, max_unsent: int = 0,
+        closer: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.id = next(_ids)
         self._send = send
@@ -115,6 +116,8 @@ class Sink:
         # Called once when the output this socket has not taken passes `max_unsent` bytes (0: no limit).
         self.on_overflow = on_overflow
         self.max_unsent = max_unsent
+        # Closes the socket so that its client reconnects (a draining process, chat.engine.process).
+        self.closer = closer
         self.held_size = 0  # characters held (about bytes: frames are mostly ASCII JSON)
         self.open = False  # until session.ready went out, frames wait
         self.closed = False
@@ -164,6 +167,7 @@ class Sink:
         if self.closed:
             return
         self.closed = True
+        metrics.FRAMES_DROPPED.labels("too_far_behind").inc(len(self.held))
         self.held.clear()
         self.held_size = 0
         metrics.SOCKETS_TOO_FAR_BEHIND.inc()
@@ -366,6 +370,7 @@ class Hub:
                 else:
                     await sink.write(item)
             except Exception:
+                metrics.FRAMES_DROPPED.labels("write_failed").inc()
                 logger.warning("Writing to socket %s failed", sink.id, exc_info=True)
             count += 1
             if count % _CHECK_EVERY == 0 and loop.time() - started >= SLICE:
@@ -377,6 +382,21 @@ class Hub:
         for sink in list(self.sinks.values()):
             if sink.on_resync is not None:
                 sink.on_resync()
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (up to `timeout` seconds) until what was handed to the hub so far is written to the sockets (or held by them)."""
+        deadline = self._loop.time() + timeout
+        await asyncio.sleep(0)  # a write in progress completes
+        while (self._out or self._dirty) and self._loop.time() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def close_sockets(self) -> int:
+        """Close every socket of this process that has a closer, all at once; how many."""
+        closers = [sink.closer for sink in list(self.sinks.values()) if sink.closer is not None and not sink.closed]
+        for result in await asyncio.gather(*(closer() for closer in closers), return_exceptions=True):
+            if isinstance(result, Exception):
+                logger.warning("Closing a socket failed", exc_info=result)
+        return len(closers)
 
     def stop(self) -> None:
         self._task.cancel()

@@ -16,14 +16,16 @@ import contextlib
 import contextvars
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as redis
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
-from chat.engine import db
+from chat.engine import db, server
 from chat.engine.batch import GroupCommit
 from chat.engine.bus import LocalBus, RedisBus, make_bus
 from chat.engine.drive import Driver
@@ -32,9 +34,13 @@ from chat.engine.replies import Replies
 from chat.turn import liveness, outbox, turns
 from chat.turn import replies as turn_replies
 from chat.turn.turns import Queued, Turn, TurnRequest, turn_start_many
-from chatproject import metrics
+from chatproject import logs, metrics
 
 logger = logging.getLogger(__name__)
+
+DRAIN_POLL = 0.05  # seconds between looks at what a drain waits for
+DRAIN_SETTLE = 5.0  # seconds a drain waits for the frames already queued before it closes the sockets
+DRAIN_CLOSE_WAIT = 2.0  # seconds it then waits for the clients to answer the close
 
 
 class _Running:
@@ -50,6 +56,10 @@ class _Running:
         self.background: set[asyncio.Task] = set()
         self.starts: GroupCommit[TurnRequest, Turn | Queued] | None = None
         self.finishes: GroupCommit[turn_replies.FinishRequest, turn_replies.Finished] | None = None
+
+        # The work of turns (replies, their tools and continuations, plan steps): what a drain waits for.
+        self.turns: set[asyncio.Task] = set()
+        self.starting = 0  # user messages on their way to a committed turn
 
     def abandon(self) -> None:
         """The engine moved to another loop (each test has its own): stop what was left running here. On this loop."""
@@ -75,6 +85,12 @@ class Engine:
         # Effects committed before the server's loop existed (the startup sweep), carried out on it.
         self._deferred: list[outbox.Effect] = []
         outbox.install(self._effects_from_elsewhere)
+
+        # While draining (SIGTERM under daphne), this process takes no new turns and no new sockets.
+        self.draining = False
+        self.http_requests = 0  # HTTP requests in flight (chatproject.asgi counts them): a drain lets them end
+        self._drain: asyncio.Task | None = None
+        self._cut = asyncio.Event()  # a second SIGTERM: stop draining now
 
     # The loop ------------------------------------------------------------------------------------
 
@@ -131,6 +147,8 @@ class Engine:
         hub = Hub(bus)
         replies = Replies(hub, self)
         running = _Running(loop, bus, hub, replies, Driver(replies, self))
+        self.draining, self._drain, self._cut = False, None, asyncio.Event()
+        metrics.DRAINING.set(0)
         writers = db.pools()[0].threads
         running.starts = GroupCommit(self, turn_start_many, writers)
         running.finishes = GroupCommit(self, turn_replies.reply_finish_many, writers)
@@ -178,6 +196,8 @@ class Engine:
     async def _step(self, pool: db.DbPool, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         result = await pool.run(fn, *args, **kwargs)
         if result.effects:
+            if fn is not turn_replies.reply_finish_many:  # a reply's own end counts its interruption in `shutdown`
+                _count_interrupted_elsewhere(result.effects)
             self.dispatch(result.effects)
         if result.error is not None:
             raise result.error
@@ -193,18 +213,22 @@ class Engine:
             if isinstance(effect, outbox.Frame):
                 running.hub.publish(effect.session_id, effect.frame)
             elif isinstance(effect, outbox.StartReply):
-                self.spawn(running.driver.reply(effect.message_id, effect.context))
+                session_id = getattr(effect.context, "session_id", None)
+                self._spawn_turn(running, running.driver.reply(effect.message_id, effect.context), message_id=effect.message_id, session_id=session_id)
             elif isinstance(effect, outbox.Drive):
-                self.spawn(running.driver.advance(effect.reply_id, effect.step))
+                self._spawn_turn(running, running.driver.advance(effect.reply_id, effect.step), message_id=effect.reply_id)
             elif isinstance(effect, outbox.RunPlan):
-                self.spawn(running.driver.run_plan(effect.plan_id))
+                self._spawn_turn(running, running.driver.run_plan(effect.plan_id), plan_id=effect.plan_id)
             elif isinstance(effect, outbox.CancelReply):
                 self.spawn(running.replies.request_cancel(effect.message_id, effect.worker_id or None))
-            elif isinstance(effect, outbox.QueueNext):
+            elif isinstance(effect, outbox.QueueNext) and not self.draining:
+                # A draining process starts no new turn: the queue is left to the processes that stay
+                # (their sweep answers it).
                 self.spawn(self.queue_next(effect.session_id))
 
     def _effects_from_elsewhere(self, effects: list[outbox.Effect]) -> None:
         """Effects committed outside the engine's loop (REST views, the admin, commands): handed over without waiting."""
+        _count_interrupted_elsewhere(effects)
         loop = self._target_loop()
 
         def carry_out() -> None:
@@ -223,6 +247,7 @@ class Engine:
     def defer(self, effects: list[outbox.Effect]) -> None:
         """Effects of sync code that runs before the server's loop (the startup sweep): carried out once the engine starts
         on it, so a reply they start (a queued message answered) is a task of the server, not of a private loop."""
+        _count_interrupted_elsewhere(effects)
         self._deferred.extend(effects)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -238,6 +263,15 @@ class Engine:
         loop = self._target_loop()
         loop.call_soon_threadsafe(lambda: self._keep(loop, loop.create_task(coro, context=contextvars.Context())), context=contextvars.Context())
 
+    def _spawn_turn(self, running: _Running, coro: Coroutine[Any, Any, Any], **ids: Any) -> None:
+        """Spawn the work of a turn: kept like any task of the process, waited for by a drain, its log lines marked with `ids`."""
+        context = contextvars.Context()
+        context.run(logs.bind, **ids)
+        task = running.loop.create_task(coro, context=context)
+        self._keep(running.loop, task)
+        running.turns.add(task)
+        task.add_done_callback(running.turns.discard)
+
     def _keep(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
         running = self._running
         holder = running.background if running is not None and running.loop is loop else _orphans
@@ -246,15 +280,29 @@ class Engine:
 
     async def start_turn(self, request: TurnRequest) -> Turn | Queued:
         """Start a user's turn, together with whatever other turns wait for the database (group commit)."""
-        starts = self._here().starts
-        assert starts is not None
-        return await starts.submit(request)
+        running = self._here()
+        assert running.starts is not None
+        running.starting += 1
+        try:
+            return await running.starts.submit(request)
+        finally:
+            running.starting -= 1
 
     async def finish_reply(self, request: turn_replies.FinishRequest) -> turn_replies.Finished:
         """Store a reply's end, together with whatever other ends wait for the database (group commit)."""
         finishes = self._here().finishes
         assert finishes is not None
-        return await finishes.submit(request)
+        started = time.perf_counter()
+        try:
+            finished = await finishes.submit(request)
+        except (OperationalError, InterfaceError):
+            metrics.FINAL_SAVE_FAILURES.labels("database_away").inc()
+            raise
+        except Exception:
+            metrics.FINAL_SAVE_FAILURES.labels("error").inc()
+            raise
+        metrics.FINAL_SAVE_SECONDS.observe(time.perf_counter() - started)
+        return finished
 
     async def queue_next(self, session_id: uuid.UUID) -> None:
         """Answer the session's first queued message if its turn is over (the step decides under the session lock)."""
@@ -286,8 +334,10 @@ class Engine:
         """What every third heartbeat does: end the replies of dead processes, pick up turns they left half-way."""
         running = await self.start()
         await self.write(turn_replies.replies_mark_interrupted, running_here=running.replies.running())
+        if self.draining:
+            return  # what dead processes left is for the processes that stay
         for work in await running.driver.resume_stalled():
-            self.spawn(work)
+            self._spawn_turn(running, work)
         # Queued messages whose turn ended while no process was there to answer them (it died).
         for session_id in await self.read(turns.sessions_with_stalled_queues):
             self.spawn(self.queue_next(session_id))
@@ -342,28 +392,74 @@ class Engine:
     # Shutdown -----------------------------------------------------------------------------------
 
     def _hook_server_shutdown(self) -> None:
-        """Under daphne (Twisted on asyncio): on SIGTERM, end this process's replies before it exits."""
-        if self._shutdown_hooked:
+        """Under daphne: SIGTERM drains (see `drain`), and this process's replies end before it exits."""
+        if self._shutdown_hooked or self._running is None:
             return
+        if server.on_shutdown(self._on_server_shutdown):
+            server.take_sigterm(self._on_sigterm, self._running.loop)
+            self._shutdown_hooked = True
+
+    def _on_sigterm(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_task(self._drain_then_stop())
+        else:
+            logger.warning("SIGTERM again while draining: stopping now")
+            self._cut.set()
+
+    async def _drain_then_stop(self) -> None:
         try:
-            from twisted.internet import reactor  # only under daphne; nothing to hook elsewhere
-        except ImportError:
-            return
-        if not getattr(reactor, "running", False):
-            return
-        reactor.addSystemEventTrigger("before", "shutdown", self._on_server_shutdown)
-        self._shutdown_hooked = True
+            await self.drain()
+        except Exception:
+            logger.exception("The drain failed; stopping")
+        finally:
+            server.stop()  # the shutdown trigger (`shutdown`) interrupts what is left
 
     def _on_server_shutdown(self):  # type: ignore[no-untyped-def]
         from twisted.internet.defer import Deferred
 
         return Deferred.fromFuture(asyncio.ensure_future(self.shutdown(), loop=self.loop))
 
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop taking new work, let the work under way here finish (up to `grace` seconds), then close every socket.
+
+        At once: daphne's listening sockets close (a balancer's next connection goes to another
+        process), `/healthz` answers 503, a new socket is closed with 4503 and a new user message
+        is refused with `unavailable`. Then the turns under way (replies, their tools and
+        continuations, plan steps) and the HTTP requests in flight may end, for up to `grace`
+        (SHUTDOWN_GRACE); the heartbeat goes on, so no other process takes these replies for a
+        dead one's. Then every socket is closed with 4503: clients reconnect (through the
+        balancer, to another process) and resync. What still runs is interrupted by `shutdown`,
+        with all its text. Turns waiting for someone (approvals, client tools) stay for any process.
+        """
+        running = self._here()
+        grace = settings.CHAT["SHUTDOWN_GRACE"] if grace is None else grace
+        self.draining = True
+        metrics.DRAINING.set(1)
+        server.stop_listening()
+        loop = running.loop
+        started = loop.time()
+        logger.info(
+            "Draining: %d turns under way (%d replies streaming), %d sockets open; waiting up to %.0f s",
+            len(running.turns), len(running.replies.runs), len(running.hub.sinks), grace,
+        )
+        while (running.turns or running.starting or self.http_requests) and not self._cut.is_set() and loop.time() - started < grace:
+            await asyncio.sleep(DRAIN_POLL)
+        left = len(running.turns)
+        await running.hub.settle(DRAIN_SETTLE)  # the frames of what just ended reach the sockets before their close
+        closed = await running.hub.close_sockets()
+        # Their clients answer the close; until then the connection is open, and stopping now would reset it.
+        waited = loop.time()
+        while server.open_connections() and loop.time() - waited < DRAIN_CLOSE_WAIT:
+            await asyncio.sleep(DRAIN_POLL)
+        logger.info("Drained in %.1f s: %d sockets closed, %d turns left to interrupt", loop.time() - started, closed, left)
+
     async def shutdown(self) -> None:
         """Stop replies (their text is saved, status `interrupted`) and leave the list of live processes."""
         running = self._running
         if running is None:
             return
+        self.draining = True
+        metrics.REPLIES_INTERRUPTED.labels("shutdown").inc(len(running.replies.runs))
         tasks = list(running.background)
         for task in tasks:
             task.cancel()
@@ -419,6 +515,17 @@ def _current_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _count_interrupted_elsewhere(effects: list[outbox.Effect]) -> None:
+    """Replies ended `interrupted` by a step other than their own end: found by a sweep, their process gone."""
+    gone = sum(
+        1 for effect in effects
+        if isinstance(effect, outbox.Frame) and effect.frame.get("type") == "message.completed"
+        and (effect.frame.get("message") or {}).get("status") == "interrupted"
+    )
+    if gone:
+        metrics.REPLIES_INTERRUPTED.labels("process_gone").inc(gone)
 
 
 def _log_failure(task: asyncio.Task) -> None:

@@ -425,7 +425,7 @@ def queue_cancel(*, user: AbstractBaseUser, session_id: uuid.UUID, queued_id: uu
         outbox.frame(session_id, events.queue_updated(session_id, selectors.queue_items(session_id=session_id)))
 
 
-def sessions_with_stalled_queues(*, older_than: float = 10.0, limit: int = 100) -> list[uuid.UUID]:
+def sessions_with_stalled_queues(*, older_than: float = 2.0, limit: int = 100) -> list[uuid.UUID]:
     """Sessions whose queue has waited a while with nothing under way: `queue_next` should have taken their next message
     (its process may have died). Sessions whose queue is held (a turn runs, something waits for a person) are left out,
     so however many of those there are, these are found."""

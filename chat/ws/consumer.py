@@ -22,14 +22,14 @@ from django.conf import settings
 from chat import events
 from chat.engine.hub import Sink
 from chat.engine.process import engine
-from chat.exceptions import ChatError, InvalidInput, NotFound
+from chat.exceptions import ChatError, InvalidInput, NotFound, Unavailable
 from chat.models import Message
 from chat.turn import agentic, branching, turns
 from chat.turn.snapshot import session_snapshot
 from chat.validation import validate_client_id, validate_content, validate_text
 from chat.ws import revoke
 from chat.ws.wire import Wire, frame_bytes, limit_frames
-from chatproject import metrics
+from chatproject import logs, metrics
 from sessions_app import selectors as session_selectors
 from sessions_app import services as session_services
 from sessions_app.models import ChatSession
@@ -40,7 +40,11 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_MANY_SOCKETS = 4429  # WS_MAX_SOCKETS_PER_USER
 CLOSE_TOO_FAR_BEHIND = 4408  # the client did not read its frames (WS_MAX_UNSENT_BYTES)
+CLOSE_RESTARTING = 4503  # this server process is draining: reconnect (to another process)
 CLOSE_GRACE = 2.0  # seconds a socket closed for not reading has before its connection is dropped
+# Frames that start a turn: refused (`unavailable`) while this process drains. Others (cancel,
+# decisions, tool results) belong to turns under way, and the drain waits for what they start.
+STARTS_TURNS = frozenset({"user_message", "regenerate"})
 
 Frame = dict[str, Any]
 
@@ -126,6 +130,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        logs.bind(session_id=self.session_id)  # this socket's task: every line it logs names the session
+        if engine.draining:
+            await self.accept()
+            await self.close(code=CLOSE_RESTARTING)
+            return
         self.user = user
         limit = settings.CHAT["WS_MAX_SOCKETS_PER_USER"]
         if limit > 0 and revoke.sockets_of(user.pk) >= limit:  # the registry knows this process's sockets
@@ -143,7 +152,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await engine.start()
         sink = Sink(
             self._write, on_resync=self._resync_soon, wire=Wire.of(self.base_send), build=frame_bytes,
-            on_overflow=self._too_far_behind, max_unsent=settings.CHAT["WS_MAX_UNSENT_BYTES"],
+            on_overflow=self._too_far_behind, max_unsent=settings.CHAT["WS_MAX_UNSENT_BYTES"], closer=self._restarting,
         )
         # Join before reading the snapshot: whatever is sent after this reaches us (held until the snapshot went out).
         await engine.hub.join(self.session_id, sink)
@@ -203,6 +212,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """The credential this socket was opened with is gone (sign-out, token deleted, user deactivated)."""
         await self._shut(CLOSE_UNAUTHENTICATED)
 
+    async def _restarting(self) -> None:
+        """This process drains: the client reconnects, through the balancer, to one that stays."""
+        await self._shut(CLOSE_RESTARTING)
+
     def _resync_soon(self) -> None:
         engine.spawn(self.send_ready())
 
@@ -249,6 +262,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             handler = self.handlers.get(kind)
             if handler is None:
                 raise ChatError(f"Unknown frame type: {kind[:50]!r}.", code="unknown_type")
+            if kind in STARTS_TURNS and engine.draining:
+                raise Unavailable("This server is restarting and takes no new turns: reconnect and send it again (same client_id).")
             await handler(self, frame)
         except ChatError as exc:
             self.send_frame(events.error(exc.code, exc.detail, request_id))

@@ -205,6 +205,13 @@ export function handleError(frame) {
     }
   }
   const send = state.sends.get(requestId);
+  if (send && frame.code === "unavailable" && send.sent && !send.rest && state.socket) {
+    // This server process is restarting and saved nothing. The message stays outstanding: it goes
+    // again, with its client_id, after the next session.ready, on a connection made at once (the
+    // balancer sends it to a process that takes it).
+    state.socket.dropDeadLink();
+    return;
+  }
   if (send) {
     dropSend(requestId);
     if (send.editOf) reopenEdit(send);
