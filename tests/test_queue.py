@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from chat.models import Message, QueuedMessage
+from chat.models import Message, Plan, QueuedMessage
 from sessions_app.models import ChatSession
 from sessions_app.services import session_create
 from tests.api import MESSAGES, SESSIONS, messages_url
@@ -250,4 +250,47 @@ async def test_a_queued_message_without_a_reply_does_not_hold_up_the_ones_behind
     messages = await wait_idle(session.pk)
     assert [m.content for m in messages if m.role == "user"] == ["/slow 30", "first", "a note, no reply", "then answer this"]
     assert messages[-1].role == "assistant" and messages[-1].status == "complete" and messages[-1].reply_to_id == messages[-2].pk
+    await comm.disconnect()
+
+
+async def approve_plan(comm: Any, steps: str) -> None:
+    await send(comm, {"type": "user_message", "content": f"/plan {steps}"})
+    proposed = (await frames_until(comm, "plan.proposed", timeout=30))[-1]
+    await send(comm, {"type": "plan_decision", "plan_id": proposed["plan_id"], "decision": "approve"})
+    # The first step's reply streams.
+    await frames_until(comm, "message.delta", where=lambda f: True, timeout=30)
+
+
+async def test_a_message_queued_while_a_plan_runs_is_answered_after_its_last_step(user, token, settings):  # type: ignore[no-untyped-def]
+    settings.CHAT = {**settings.CHAT, "DEMO_DELTA_DELAY": 0.05}
+    session = await db(session_create, owner=user)
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await approve_plan(comm, "first step; second step")
+    await send(comm, {"type": "user_message", "content": "after the plan", "on_busy": "enqueue"})
+    await frames_until(comm, "queue.updated")
+    messages = await wait_idle(session.pk, timeout=60)
+    texts = [(m.role, m.type, m.content) for m in messages]
+    queued_at = texts.index(("user", "text", "after the plan"))
+    steps = [i for i, (role, kind, content) in enumerate(texts) if role == "assistant" and content.startswith("Step ")]
+    assert len(steps) == 2 and max(steps) < queued_at, texts
+    assert messages[-1].role == "assistant" and messages[-1].status == "complete"
+    plan = await db(Plan.objects.get, session=session)
+    assert plan.status == "done"
+    await comm.disconnect()
+
+
+async def test_interrupt_while_a_plan_runs_stops_its_step_and_the_plan(user, token, settings):  # type: ignore[no-untyped-def]
+    settings.CHAT = {**settings.CHAT, "DEMO_DELTA_DELAY": 0.2}
+    session = await db(session_create, owner=user)
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    await approve_plan(comm, "a long first step with many words to stream; a second step that never runs")
+    await send(comm, {"type": "user_message", "content": "stop and do this", "on_busy": "interrupt"})
+    messages = await wait_idle(session.pk, timeout=60)
+    plan = await db(Plan.objects.get, session=session)
+    assert plan.status == "superseded"
+    steps = [m for m in messages if m.role == "assistant" and m.type == "text" and (m.metadata.get("context") or {}).get("plan_id")]
+    assert [s.status for s in steps] == ["cancelled"], [(s.status, s.content) for s in steps]
+    assert messages[-2].content == "stop and do this" and messages[-1].status == "complete"
     await comm.disconnect()
