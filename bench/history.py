@@ -264,28 +264,11 @@ def get_json(client: Any, url: str) -> dict[str, Any]:
     return response.json()
 
 
-def deep_page_url(client: Any, session_id: uuid.UUID, count: int) -> str:
-    """The `next` link of the page that ends at the midpoint, with only its cursor kept."""
-    half = count // 2
-    url = f"/api/v1/sessions/{session_id}/messages/?limit={min(200, half)}"
-    last = 0
-    while True:
-        page = get_json(client, url)
-        last = page["results"][-1]["seq"]
-        if last >= half or not page["next"]:
-            break
-        parts = urlsplit(page["next"])
-        query = parse_qs(parts.query)
-        query["limit"] = [str(min(200, half - last))]
-        url = urlunsplit(("", "", parts.path, urlencode(query, doseq=True), ""))
-    if last != half:
-        raise RuntimeError(f"paging stopped at seq {last}, not {half}")
-    parts = urlsplit(page["next"])
-    return urlunsplit(("", "", parts.path, urlencode({"cursor": parse_qs(parts.query)["cursor"]}, doseq=True), ""))
-
-
 def deep_cursor_url(client: Any, session_id: uuid.UUID, skip: int) -> str:
-    """The `next` link (its cursor only) after the first `skip` messages of the session's active branch."""
+    """The `next` link (its cursor only) after the first `skip` messages of the session's active branch.
+
+    Paged from the start with `?limit=200`, the last step shorter so the cursor lands exactly there;
+    the URL keeps only the `cursor`, so the page it reads has the default size."""
     url = f"/api/v1/sessions/{session_id}/messages/?limit={min(200, skip)}"
     read = 0
     while True:
@@ -425,7 +408,7 @@ def child(backend: str, scale: str, requests: int, warmup: int) -> dict[str, Any
         expect(len(page["results"]) == PAGE_SIZE and page["total_count"] == branched_length, "branched deep page size")
         expect(all(m["parent"] == p["id"] for p, m in zip(page["results"], page["results"][1:], strict=False)), "a branch page is a chain")
 
-    deep_url = deep_page_url(client, session_id, big)
+    deep_url = deep_cursor_url(client, session_id, half)
     branched_deep_url = deep_cursor_url(branched_client, branched_id, branched_half)
     reads = [
         measure(client, "sessions list", "/api/v1/sessions/", requests, warmup, sessions_ok),
