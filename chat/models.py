@@ -73,8 +73,10 @@ class Message(models.Model):
     # new one (a `Branch` row says where it forks). `depth` is the message's place on its branch
     # (1 for a first message), so the length of a branch is its last message's depth.
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.DO_NOTHING, related_name="+", db_index=False)
-    line = models.PositiveIntegerField(default=1)
-    depth = models.PositiveBigIntegerField(default=0)
+    # Defaults in the database too: a server process of the previous release, still running while a
+    # deployment migrates, inserts messages without these columns.
+    line = models.PositiveIntegerField(default=1, db_default=1)
+    depth = models.PositiveBigIntegerField(default=0, db_default=0)
     metadata = models.JSONField(default=dict, blank=True)
     error = models.TextField(null=True, blank=True)
     # The server process generating a streaming reply (see chat.turn.liveness); empty otherwise.

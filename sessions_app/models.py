@@ -35,12 +35,14 @@ class ChatSession(models.Model):
     # and depth, and how many lines the tree has (1: the conversation never forked). Moved under
     # the session row lock by the steps that add messages or switch branches.
     leaf = models.ForeignKey("chat.Message", null=True, blank=True, on_delete=models.DO_NOTHING, related_name="+")
-    leaf_line = models.PositiveIntegerField(default=1)
-    leaf_depth = models.PositiveBigIntegerField(default=0)
-    lines = models.PositiveIntegerField(default=1)
-    on_busy = models.CharField(max_length=16, choices=OnBusy.choices, default=OnBusy.REJECT)
+    # Defaults in the database too: a server process of the previous release, still running while a
+    # deployment migrates, creates sessions without these columns.
+    leaf_line = models.PositiveIntegerField(default=1, db_default=1)
+    leaf_depth = models.PositiveBigIntegerField(default=0, db_default=0)
+    lines = models.PositiveIntegerField(default=1, db_default=1)
+    on_busy = models.CharField(max_length=16, choices=OnBusy.choices, default=OnBusy.REJECT, db_default=OnBusy.REJECT)
     # Messages waiting in the session's queue (chat.QueuedMessage), kept with them under the row lock.
-    queued = models.PositiveIntegerField(default=0)
+    queued = models.PositiveIntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     # Last activity: set when the session is edited or gets a message.
     updated_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -314,3 +314,28 @@ async def test_a_regenerated_reply_counts_as_a_turn_of_the_minute(user, token, a
     assert (response.status_code, response.json()["code"]) == (429, "rate_limited")
     assert await db(Message.objects.filter(session=session).count) == 3
     await comm.disconnect()
+
+
+async def test_messages_an_earlier_release_wrote_during_a_deployment_are_linked_before_the_first_fork(user, token, api):  # type: ignore[no-untyped-def]
+    """While a deployment migrates, processes of the release before keep serving: their messages have no parent."""
+    session = await db(session_create, owner=user)
+    comm = await open_socket(session.pk, token=token)
+    await next_frame(comm)
+    u1, r1, _ = await turn(comm, "before the deployment")
+
+    def written_by_the_earlier_release() -> list[Message]:
+        # As its code inserts them: no parent, line or depth (the database's defaults), seq and count bumped.
+        added = []
+        for seq, role, text in ((3, "user", "during it"), (4, "assistant", "an answer during it")):
+            added.append(Message.objects.create(session=session, seq=seq, role=role, content=text))
+        ChatSession.objects.filter(pk=session.pk).update(seq=4, message_count=4)
+        return added
+
+    during, answer = await db(written_by_the_earlier_release)
+    u3, r3, _ = await turn(comm, "after it")
+    u2e, r2e, _ = await turn(comm, "during it, edited", edit_of=str(during.pk))
+    assert u2e["parent"] == r1["id"] and u2e["versions"] == [str(during.pk), u2e["id"]]
+    assert ids(await page(api, session.pk)) == [u1["id"], r1["id"], u2e["id"], r2e["id"]]
+    old = await page(api, session.pk, f"&leaf={r3['id']}")
+    assert ids(old) == [u1["id"], r1["id"], str(during.pk), str(answer.pk), u3["id"], r3["id"]] and old["total_count"] == 6
+    await comm.disconnect()

@@ -69,6 +69,7 @@ def reply_regenerate(*, user: AbstractBaseUser, session_id: uuid.UUID, message_i
             return replay_turn(row.session, checks.seen_client_id, user.pk)
         work = _idle(row)
         assert checks is not None
+        row.relink()
         target = Message.objects.select_related("agent", "reply_to", "parent").filter(pk=message_id, session_id=session_id).first()
         if target is None:
             raise NotFound("Message not found.")

@@ -87,6 +87,22 @@ class LockedSession:
         session.leaf_id, session.leaf_line, session.leaf_depth = leaf.id, leaf.line, leaf.depth
         self._changed.update(("leaf_id", "leaf_line", "leaf_depth"))
 
+    def relink(self) -> None:
+        """Before the first fork of a conversation: make sure each of its messages has its parent.
+
+        A conversation that never forked is one chain, its active leaf the last message, so its leaf's
+        depth is its message count. When they differ, messages were added by a server process of the
+        previous release (a deployment migrates while the old processes still serve): they have no
+        parent and the leaf is behind. They are linked by seq, as the migration linked those before.
+        Costs nothing when they agree.
+        """
+        session = self.session
+        if session.lines != 1 or session.leaf_depth == session.message_count:
+            return
+        last = rows.relink_linear(session.pk)
+        if last is not None:
+            self.switch(Tip(last[0], 1, last[1], last[2]))
+
     def leaf_tip(self) -> Tip | None:
         """The active leaf, read (one query) when a step needs its seq."""
         session = self.session

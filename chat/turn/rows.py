@@ -318,6 +318,26 @@ def _insert_sql(vendor: str, count: int) -> str:
     return f"INSERT INTO {_table(Message)} ({columns}) VALUES {', '.join([one] * count)}"
 
 
+def relink_linear(session_id: uuid.UUID) -> tuple[uuid.UUID, int, int] | None:
+    """Link the messages of a conversation that never forked by seq (each the parent of the next, depths by place): one
+    UPDATE. Its last message's id, seq and depth (None when it has none)."""
+    m = _table(Message)
+    mid, sid, seq, parent, depth = (_col(Message, name) for name in ("id", "session", "seq", "parent", "depth"))
+    ranked = (
+        f"SELECT {mid} AS id, LAG({mid}) OVER w AS prev, ROW_NUMBER() OVER w AS n FROM {m} WHERE {sid} = %s"
+        f" WINDOW w AS (PARTITION BY {sid} ORDER BY {seq})"
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite" and connection.Database.sqlite_version_info < (3, 33):  # no UPDATE ... FROM
+            cursor.execute(ranked, [_uuid(session_id)])
+            cursor.executemany(f"UPDATE {m} SET {parent} = %s, {depth} = %s WHERE {mid} = %s", [(prev, n, key) for key, prev, n in cursor.fetchall()])
+        else:
+            cursor.execute(f"UPDATE {m} SET {parent} = r.prev, {depth} = r.n FROM ({ranked}) r WHERE {m}.{mid} = r.id", [_uuid(session_id)])
+        cursor.execute(f"SELECT {mid}, {seq}, {depth} FROM {m} WHERE {sid} = %s ORDER BY {seq} DESC LIMIT 1", [_uuid(session_id)])
+        last = cursor.fetchone()
+    return (to_uuid(last[0]), int(last[1]), int(last[2])) if last is not None else None
+
+
 def replies_checkpoint(texts: Sequence[tuple[uuid.UUID, str]]) -> int:
     """The text so far of several streaming replies: one UPDATE with a CASE per reply (ended replies are left as they are)."""
     if not texts:

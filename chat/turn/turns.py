@@ -281,6 +281,7 @@ class _Fork:
 
 def _edit_target(locked: LockedSession, edit_of: uuid.UUID) -> _Fork:
     """Check that `edit_of` is a user text message of the locked session: one query."""
+    locked.relink()
     found = (
         Message.objects.filter(pk=edit_of, session_id=locked.pk)
         .values_list("role", "type", "parent_id", "parent__line", "parent__seq", "parent__depth").first()

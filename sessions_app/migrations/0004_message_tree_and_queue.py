@@ -19,26 +19,26 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='chatsession',
             name='leaf_depth',
-            field=models.PositiveBigIntegerField(default=0),
+            field=models.PositiveBigIntegerField(db_default=0, default=0),
         ),
         migrations.AddField(
             model_name='chatsession',
             name='leaf_line',
-            field=models.PositiveIntegerField(default=1),
+            field=models.PositiveIntegerField(db_default=1, default=1),
         ),
         migrations.AddField(
             model_name='chatsession',
             name='lines',
-            field=models.PositiveIntegerField(default=1),
+            field=models.PositiveIntegerField(db_default=1, default=1),
         ),
         migrations.AddField(
             model_name='chatsession',
             name='on_busy',
-            field=models.CharField(choices=[('reject', 'Reject'), ('enqueue', 'Enqueue'), ('interrupt', 'Interrupt')], default='reject', max_length=16),
+            field=models.CharField(choices=[('reject', 'Reject'), ('enqueue', 'Enqueue'), ('interrupt', 'Interrupt')], db_default='reject', default='reject', max_length=16),
         ),
         migrations.AddField(
             model_name='chatsession',
             name='queued',
-            field=models.PositiveIntegerField(default=0),
+            field=models.PositiveIntegerField(db_default=0, default=0),
         ),
     ]
