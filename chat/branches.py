@@ -118,7 +118,7 @@ class Tip:
     depth: int
 
 
-def session_path(session: Any, *, leaf: Tip | None = None, bases: Bases | None = None) -> Path | None:
+def session_path(session: Any, *, leaf: Tip | None = None) -> Path | None:
     """The active branch of `session` (or the path to `leaf`); None when the session never forked (every message is on it)."""
     if leaf is None:
         if session.lines <= 1:
@@ -129,20 +129,19 @@ def session_path(session: Any, *, leaf: Tip | None = None, bases: Bases | None =
         leaf = Tip(session.leaf_id, session.leaf_line, leaf_seq, session.leaf_depth)
     elif session.lines <= 1:
         return Path(leaf_seq=leaf.seq, ranges=((1, 0),))
-    return path_to(leaf.line, leaf.seq, bases if bases is not None else bases_of(session.pk))
+    return path_to(leaf.line, leaf.seq, bases_of(session.pk))
 
 
 def tip_of(message: Message) -> Tip:
     return Tip(message.pk, message.line, message.seq, message.depth)
 
 
-def latest_leaf_under(session_id: uuid.UUID, target: Tip, bases: Bases | None = None) -> Tip:
+def latest_leaf_under(session_id: uuid.UUID, target: Tip) -> Tip:
     """The newest message among `target` and everything under it: where a branch through `target` ends.
 
     A newest descendant has no child (its children would be newer), so it is a leaf. Two queries.
     """
-    if bases is None:
-        bases = bases_of(session_id)
+    bases = bases_of(session_id)
     below: set[int] = set()
     frontier = [ln for ln, (base_line, base_seq) in bases.items() if base_line == target.line and base_seq is not None and base_seq >= target.seq]
     while frontier:
@@ -187,11 +186,6 @@ def sibling_ids(session_id: uuid.UUID, parent_id: uuid.UUID | None) -> list[str]
     (session, parent) index (sorted here: ORDER BY seq would lead SQLite to the (session, seq) index instead)."""
     found = Message.objects.filter(session_id=session_id, parent_id=parent_id).order_by().values_list("seq", "pk")
     return [str(pk) for _, pk in sorted(found)]
-
-
-def versions_of(message: Message, *, lines: int) -> list[str]:
-    attach_versions([message], lines=lines)
-    return getattr(message, "_versions", None) or [str(message.pk)]
 
 
 def on_path(messages: Iterable[Message], path: Path | None) -> set[uuid.UUID]:

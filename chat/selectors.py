@@ -6,12 +6,12 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Exists, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from chat.branches import Tip, session_path
 from chat.exceptions import NotFound
-from chat.models import Agent, Message, QueuedMessage, Reaction, TokenBudget, UsageDay
+from chat.models import Agent, Message, Plan, QueuedMessage, Reaction, TokenBudget, ToolCall, UsageDay
 from chat.serializers import queued_data
 from sessions_app.models import ChatSession
 
@@ -51,6 +51,23 @@ def message_page(*, session: ChatSession, leaf: str | None = None, tree: bool = 
         .prefetch_related(Prefetch("reactions", queryset=Reaction.objects.order_by("created_at", "pk")))
         .order_by("seq"),
         total,
+    )
+
+
+OPEN_PLANS = (Plan.Status.PENDING, Plan.Status.APPROVED, Plan.Status.RUNNING)
+ENDED_CALLS = (ToolCall.Status.DONE, ToolCall.Status.FAILED, ToolCall.Status.REJECTED, ToolCall.Status.SUPERSEDED)
+
+
+def turn_under_way(session: Any) -> Q:
+    """A filter on sessions (`session` a reference to their id, e.g. OuterRef("pk")): the session's turn is not over.
+
+    A reply streaming, a tool call not ended (about to run, running, or waiting for a person or
+    the client), a plan pending or between its steps.
+    """
+    return (
+        Exists(Message.objects.filter(session_id=session, status=Message.Status.STREAMING))
+        | Exists(ToolCall.objects.filter(session_id=session).exclude(status__in=ENDED_CALLS))
+        | Exists(Plan.objects.filter(session_id=session, status__in=OPEN_PLANS))
     )
 
 

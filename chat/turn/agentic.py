@@ -23,7 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from chat import events, routing, tools
-from chat.exceptions import Busy, ChatError, InvalidInput, NotFound
+from chat.exceptions import ChatError, InvalidInput, NotFound
 from chat.models import Agent, Approval, Message, Plan, ToolCall
 from chat.serializers import message_data
 from chat.turn import liveness, outbox
@@ -503,18 +503,6 @@ def open_work(*, locked: LockedSession) -> OpenWork:
     if any(p.status == Plan.Status.RUNNING for p in plans) and not calls:
         return OpenWork(calls, plans, True, "A plan is running in this session; wait for its last step.")
     return OpenWork(calls, plans, False)
-
-
-def turn_admit(*, locked: LockedSession) -> None:
-    """Make way for a new user turn, or raise Busy while the session's turn runs (see `OpenWork`).
-
-    What waits for the user is answered by the new message instead: it ends `superseded`, unrun,
-    with the calls queued behind it, and its reply's turn ends without a continuation.
-    """
-    work = open_work(locked=locked)
-    if work.running:
-        raise Busy(work.why)
-    supersede(locked=locked, work=work)
 
 
 def supersede(*, locked: LockedSession, work: OpenWork, keep_running: bool = False) -> None:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from chat import branches, events
 from chat.branches import Tip
 from chat.exceptions import Busy, InvalidInput, NotFound
-from chat.models import Message
+from chat.models import Branch, Message
 from chat.turn import agentic, budget, liveness, outbox, rows
 from chat.turn.context import context_for
 from chat.turn.locking import LockedSession, lock_for_turns
@@ -81,8 +81,8 @@ def reply_regenerate(*, user: AbstractBaseUser, session_id: uuid.UUID, message_i
             raise spent
         if work is not None:
             agentic.supersede(locked=row, work=work)
-        reply = _new_version(row, target, client_id)
-        turn = Turn(user_message=target.reply_to or reply, reply=reply, created=True, messages=[reply], branch=reply._branch)  # type: ignore[attr-defined]
+        reply, branch = _new_version(row, target, client_id)
+        turn = Turn(user_message=target.reply_to or reply, reply=reply, created=True, messages=[reply], branch=branch)
         write_turn(row, turn)
     prompt = target.reply_to.content if target.reply_to is not None and not reply.metadata["context"].get("continuation") else ""
     if reply.metadata["context"].get("instruction"):
@@ -92,8 +92,8 @@ def reply_regenerate(*, user: AbstractBaseUser, session_id: uuid.UUID, message_i
     return turn
 
 
-def _new_version(locked: LockedSession, target: Message, client_id: str | None) -> Message:
-    """The streaming placeholder of a new version of `target`, under its parent, on a new line (written by the caller)."""
+def _new_version(locked: LockedSession, target: Message, client_id: str | None) -> tuple[Message, Branch]:
+    """The streaming placeholder of a new version of `target`, under its parent, and its new line (written by the caller)."""
     session = locked.session
     agent = target.agent if target.agent is not None and target.agent.is_active else None
     if agent is None:
@@ -109,8 +109,7 @@ def _new_version(locked: LockedSession, target: Message, client_id: str | None) 
     )
     parent = branches.tip_of(target.parent) if target.parent is not None else None
     reply._versions = [*branches.sibling_ids(session.pk, target.parent_id), str(reply.pk)]  # type: ignore[attr-defined]
-    reply._branch = locked.fork(reply, parent)  # type: ignore[attr-defined]
-    return reply
+    return reply, locked.fork(reply, parent)
 
 
 def branch_switch(*, user: AbstractBaseUser, session_id: uuid.UUID, message_id: uuid.UUID) -> Tip:

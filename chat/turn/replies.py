@@ -18,7 +18,7 @@ from chat.exceptions import NotFound
 from chat.models import Message, QueuedMessage
 from chat.serializers import message_data
 from chat.turn import agentic, liveness, outbox, rows
-from chat.turn.locking import session_step
+from chat.turn.locking import LockedSession, session_step
 
 INTERRUPTED = "The server stopped while this reply was being written."
 
@@ -129,7 +129,7 @@ def reply_finish(
     return Finished(stored=True, advance=bool(tool_calls) and status == Message.Status.COMPLETE)
 
 
-def _interrupt_waits(locked: Any) -> bool:
+def _interrupt_waits(locked: LockedSession) -> bool:
     """Whether a message sent with on_busy interrupt waits in the locked session's queue (chat.turn.turns)."""
     return bool(locked.session.queued) and QueuedMessage.objects.filter(session_id=locked.pk, interrupt=True).exists()
 

@@ -17,13 +17,13 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import OuterRef
 from django.utils import timezone
 
 from chat import branches, events, idempotency, routing, selectors
 from chat.branches import Tip
 from chat.exceptions import AgentNotFound, Busy, ChatError, InvalidInput, NotFound
-from chat.models import Agent, Branch, Message, Plan, QueuedMessage, ToolCall
+from chat.models import Agent, Branch, Message, QueuedMessage
 from chat.serializers import message_data, queued_data
 from chat.turn import agentic, budget, liveness, outbox, rows
 from chat.turn.context import context_for
@@ -431,12 +431,7 @@ def sessions_with_stalled_queues(*, older_than: float = 2.0, limit: int = 100) -
     (its process may have died). Sessions whose queue is held (a turn runs, something waits for a person) are left out,
     so however many of those there are, these are found."""
     since = timezone.now() - timezone.timedelta(seconds=older_than)
-    session = OuterRef("session_id")
-    held = (
-        Exists(Message.objects.filter(session_id=session, status=Message.Status.STREAMING))
-        | Exists(ToolCall.objects.filter(session_id=session).exclude(status__in=rows.ENDED_CALLS))
-        | Exists(Plan.objects.filter(session_id=session, status__in=rows.OPEN_PLANS))
-    )
+    held = selectors.turn_under_way(OuterRef("session_id"))
     found = QueuedMessage.objects.filter(created_at__lt=since).exclude(held).order_by("created_at").values_list("session_id", flat=True)
     return list(dict.fromkeys(found[: limit * 10]))[:limit]
 

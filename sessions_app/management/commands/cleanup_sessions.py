@@ -17,23 +17,18 @@ from django.utils import timezone
 from chat import events
 from chat.engine.process import engine
 from chat.idempotency import idempotency_purge
-from chat.models import Approval, IdempotencyRecord, Message, Plan, QueuedMessage, ToolCall
+from chat.models import Approval, IdempotencyRecord, Message, QueuedMessage
+from chat.selectors import turn_under_way
 from chat.turn import outbox
-from chat.turn.rows import ENDED_CALLS
 from sessions_app.models import ChatSession
-
-OPEN_PLANS = (Plan.Status.PENDING, Plan.Status.APPROVED, Plan.Status.RUNNING)
 
 
 def _under_way(session_ref: Any) -> Q:
-    """The session's turn is not over: a reply streaming, a tool call not ended, a plan pending or between steps, an approval pending,
-    a message queued."""
+    """The session's turn is not over (chat.selectors.turn_under_way), an approval is pending, or a message is queued."""
     return (
-        Exists(QueuedMessage.objects.filter(session=session_ref))
-        | Exists(Message.objects.filter(session=session_ref, status=Message.Status.STREAMING))
-        | Exists(ToolCall.objects.filter(session=session_ref).exclude(status__in=ENDED_CALLS))
-        | Exists(Plan.objects.filter(session=session_ref, status__in=OPEN_PLANS))
+        turn_under_way(session_ref)
         | Exists(Approval.objects.filter(session=session_ref, status=Approval.Status.PENDING))
+        | Exists(QueuedMessage.objects.filter(session=session_ref))
     )
 
 
@@ -87,8 +82,8 @@ def idle_sessions_delete_batch(*, cutoff: datetime, batch_size: int, skip: set[u
 class Command(BaseCommand):
     help = (
         "Delete chat sessions idle longer than the TTL (judged by their last activity), with their messages and "
-        "reactions, in batches. Sessions with something under way (a reply streaming, a tool call, a plan, an approval) "
-        "are kept. Also purges expired idempotency records."
+        "reactions, in batches. Sessions with something under way (a reply streaming, a tool call, a plan, an approval, a "
+        "queued message) are kept. Also purges expired idempotency records."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
